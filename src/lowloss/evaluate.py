@@ -71,3 +71,49 @@ def evaluate_vector(model: nn.Module, vector: torch.Tensor, data, *, bufs: Mappi
         m = M.classification_metrics(probs, y)
         out[name] = {"loss": m["nll"], **m}
     return out
+
+
+def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("train", "test"),
+                     recompute: bool | None = None, bn_subset: int | None = None, batch_size: int = EVAL_BATCH,
+                     calibration: bool = False, return_probs: tuple[str, ...] = (), forward: Forward | None = None,
+                     quiet: bool = True) -> dict:
+    """Metrics of many parameter vectors (shape [K, P]) on the given splits: the shared evaluation engine.
+
+    Returns ``{"<split>_loss": [K], "<split>_error": [K]}`` (float64 tensors; error as a fraction), plus
+    ``<split>_nll/_ece/_brier`` when `calibration`, and ``probs[<split>]`` ([K, N, C]) for splits in
+    `return_probs`, and ``labels[<split>]``. BN statistics are recomputed per vector on the training data
+    (or a fixed subset of `bn_subset` examples) when the model has BatchNorm (`recompute=None` means
+    "if it has BN").
+    """
+    from .utils import progress
+
+    vectors = vectors.reshape(-1, vectors.shape[-1])
+    k = vectors.shape[0]
+    if recompute is None:
+        recompute = has_batchnorm(model)
+    out: dict = {"probs": {}, "labels": {}}
+    for s in splits:
+        out[f"{s}_loss"] = torch.zeros(k, dtype=torch.float64)
+        out[f"{s}_error"] = torch.zeros(k, dtype=torch.float64)
+        if calibration:
+            for m in ("nll", "ece", "brier"):
+                out[f"{s}_{m}"] = torch.zeros(k, dtype=torch.float64)
+    probs_keep = {s: [] for s in return_probs}
+    for i in progress(range(k), desc="evaluate", quiet=quiet, unit="vec"):
+        v = vectors[i]
+        bufs = bn_buffers_for(model, v, data.train, batch_size=batch_size, bn_subset=bn_subset,
+                              forward=forward) if recompute else None
+        for s in splits:
+            probs, y = predict_probs(model, v, getattr(data, s), bufs=bufs, batch_size=batch_size, forward=forward)
+            out[f"{s}_loss"][i] = M.nll(probs, y)
+            out[f"{s}_error"][i] = 1.0 - M.accuracy(probs, y)
+            if calibration:
+                out[f"{s}_nll"][i] = out[f"{s}_loss"][i]
+                out[f"{s}_ece"][i] = M.ece(probs, y)
+                out[f"{s}_brier"][i] = M.brier(probs, y)
+            if s in probs_keep:
+                probs_keep[s].append(probs.float().cpu())
+            out["labels"][s] = y.cpu()
+    for s, lst in probs_keep.items():
+        out["probs"][s] = torch.stack(lst)
+    return out

@@ -1,0 +1,1 @@
+"""Methods built on subspaces, the trainer and the evaluation engine."""

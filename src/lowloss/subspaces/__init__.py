@@ -1,0 +1,9 @@
+"""Subspaces of parameter space: coordinates -> full parameter vectors (see DESIGN.md).
+
+Each subspace is a small class: lines, Bezier curves and polygonal chains (t in [0,1]), simplexes and
+simplicial complexes (barycentric coordinates), planes (x, y), SWAG Gaussians (z ~ N(0, I)).
+"""
+
+from .base import LinearSubspace, Subspace
+
+__all__ = ["LinearSubspace", "Subspace"]
