@@ -38,7 +38,6 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> fl
     conf, pred = probs.double().max(-1)
     correct = (pred == labels).double()
     b = ece_bins(conf, n_bins)
-    n = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, b, torch.ones_like(conf))
     s_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, b, conf)
     s_acc = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, b, correct)
     return ((s_acc - s_conf).abs().sum() / len(conf)).item()

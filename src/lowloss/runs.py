@@ -19,8 +19,17 @@ from . import params as P
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_vector
 from .models import build_model, parse_options
-from .train import Trainer, TensorState, lr_schedule
-from .utils import LowlossError, atomic_path, echo, read_json, resolve_device, seed_everything, versions, write_json
+from .train import TensorState, Trainer, lr_schedule
+from .utils import (
+    LowlossError,
+    atomic_path,
+    echo,
+    read_json,
+    resolve_device,
+    seed_everything,
+    versions,
+    write_json,
+)
 
 MODEL_FILE = "model.safetensors"
 RUN_FILE = "run.json"
