@@ -1,0 +1,81 @@
+"""A self-contained HTML report: one section per claim, figures embedded as base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .utils import atomic_path
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}
+th{background:#f4f4f4} .held{color:#0a7d28;font-weight:600} .failed{color:#b3261e;font-weight:600}
+.na{color:#777;font-weight:600}
+section{border-top:1px solid #eee;margin-top:1.6em;padding-top:.6em}
+figure{margin:.6em 0;display:inline-block;vertical-align:top} figure img{max-width:520px;border:1px solid #eee}
+figcaption{font-size:.8em;color:#666} pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+"""
+
+
+def _img(path: Path, base: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    rel = path.relative_to(base) if path.is_relative_to(base) else path.name
+    return (f'<figure><img alt="{html.escape(str(rel))}" data-file="{html.escape(str(rel))}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(str(rel))}</figcaption></figure>')
+
+
+def _status(held) -> str:
+    if held is None:
+        return '<span class="na">not measured</span>'
+    return '<span class="held">held</span>' if held else '<span class="failed">did not hold</span>'
+
+
+def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], base: Path,
+                 stages: dict | None = None, extra: dict | None = None) -> Path:
+    """Write the HTML report. Each claim: id, statement, measured (dict), held (bool/None), figures (paths)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p>"]
+    parts.append("<table><tr><th>claim</th><th>result</th><th>measured</th></tr>")
+    for c in claims:
+        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in (c.get("measured") or {}).items())
+        parts.append(f"<tr><td><a href='#{c['id']}'>{html.escape(c['statement'])}</a></td>"
+                     f"<td>{_status(c.get('held'))}</td><td>{html.escape(meas)}</td></tr>")
+    parts.append("</table>")
+    for c in claims:
+        parts.append(f"<section id='{c['id']}'><h2>{html.escape(c['statement'])}</h2>"
+                     f"<p>{_status(c.get('held'))} &mdash; <code>{html.escape(c['id'])}</code></p>")
+        if c.get("note"):
+            parts.append(f"<p>{html.escape(c['note'])}</p>")
+        for fig in c.get("figures", []):
+            p = Path(fig)
+            if p.exists():
+                parts.append(_img(p, base))
+        if c.get("measured"):
+            parts.append("<pre>" + html.escape(json.dumps(c["measured"], indent=1, default=str)) + "</pre>")
+        parts.append("</section>")
+    if stages:
+        parts.append("<section><h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th></tr>")
+        for name, st in stages.items():
+            parts.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(st.get('status')))}</td>"
+                         f"<td>{st.get('seconds', 0):.1f}</td></tr>")
+        parts.append("</table></section>")
+    if extra:
+        parts.append("<section><h2>Setting</h2><pre>" + html.escape(json.dumps(extra, indent=1, default=str))
+                     + "</pre></section>")
+    parts.append("</body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts))
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{len(v)} values]"
+    return str(v)

@@ -1,0 +1,198 @@
+"""`lowloss study`: the papers' experiments as resumable stages, one run directory each, and a report.
+
+Each stage runs lowloss commands in-process into DIR/<stage>/ and is marked finished by an atomic
+DIR/<stage>/stage.json; a re-run skips finished stages, and an interrupted stage resumes from its own
+checkpoints. After the stages, every claim of the papers is checked against the measured numbers and
+written to DIR/summary.json (claims as data) and DIR/report.html (self-contained, figures embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .utils import LowlossError, echo, read_json, versions, write_json
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class Settings:
+    data: str = "digits"
+    model: str = "convnet"
+    device: str = "auto"
+    seed: int = 0
+    quick: bool = False
+    data_dir: str | None = None
+    quiet: bool = False
+
+    # sizes of each stage (quick vs full)
+    @property
+    def mode_epochs(self) -> int:
+        return 12 if self.quick else 20
+
+    @property
+    def curve_epochs(self) -> int:
+        return 10 if self.quick else 30
+
+    @property
+    def grid(self) -> int:
+        return 21 if self.quick else 41
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed, self.seed + 1, self.seed + 2]
+
+
+def run_cli(args: list[str], quiet: bool) -> None:
+    """Run a lowloss command in-process (errors propagate as exceptions)."""
+    from .cli import cli
+
+    argv = [str(a) for a in args] + (["--quiet"] if quiet else [])
+    rc = cli.main(args=argv, standalone_mode=False, prog_name="lowloss")
+    if isinstance(rc, int) and rc != 0:
+        raise LowlossError(f"lowloss {' '.join(argv)} exited with {rc}")
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    run: Callable[[Path, Settings, Path], None]  # (stage_dir, settings, study_dir)
+    needs: tuple[str, ...] = ()
+    optional_module: str | None = None  # a stage whose method module is missing is skipped, not failed
+
+
+def _common(s: Settings) -> list[str]:
+    out = ["--device", s.device]
+    return out
+
+
+def _data_args(s: Settings) -> list[str]:
+    a = ["--data", s.data]
+    if s.data_dir:
+        a += ["--data-dir", s.data_dir]
+    return a
+
+
+def mode_dirs(study: Path, s: Settings) -> list[Path]:
+    return [study / "modes" / f"seed{k}" for k in s.seeds]
+
+
+def _stage_modes(d: Path, s: Settings, study: Path) -> None:
+    for k, m in zip(s.seeds, mode_dirs(study, s)):
+        resume = ["--resume"] if (m / "checkpoint.safetensors").exists() else []
+        run_cli(["train", *_data_args(s), "--model", s.model, "--epochs", s.mode_epochs, "--seed", k,
+                 "--out", m, *resume, *_common(s)], s.quiet)
+
+
+def _stage_connect(kind: str):
+    def run(d: Path, s: Settings, study: Path) -> None:
+        a, b = mode_dirs(study, s)[:2]
+        resume = ["--resume"] if (d / "checkpoint.safetensors").exists() else []
+        run_cli(["connect", a, b, "--curve", kind, "--bends", 1 if kind == "bezier" else 2,
+                 "--epochs", s.curve_epochs, "--out", d, "--seed", s.seed, *resume, *_common(s)], s.quiet)
+
+    return run
+
+
+def _stage_plane_modes(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["plane", *mode_dirs(study, s), "--grid", s.grid, "--out", d, *_common(s)], s.quiet)
+
+
+def _stage_plane_curve(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["plane", "--curve", study / "connect_bezier", "--grid", s.grid, "--out", d, *_common(s)], s.quiet)
+
+
+STAGES: list[Stage] = [
+    Stage("modes", "Train three independent modes", _stage_modes),
+    Stage("connect_bezier", "Connect two modes with a Bezier curve", _stage_connect("bezier"), ("modes",),
+          "lowloss.methods.connect"),
+    Stage("connect_polychain", "Connect two modes with a polygonal chain", _stage_connect("polychain"), ("modes",),
+          "lowloss.methods.connect"),
+    Stage("plane_modes", "Loss plane through three modes", _stage_plane_modes, ("modes",), "lowloss.methods.plane"),
+    Stage("plane_curve", "Loss plane through the Bezier curve", _stage_plane_curve, ("connect_bezier",),
+          "lowloss.methods.plane"),
+]
+
+
+def _module_available(name: str | None) -> bool:
+    import importlib.util
+
+    return name is None or importlib.util.find_spec(name) is not None
+
+
+def run_study(out: str | Path, settings: Settings, only: list[str] | None = None) -> dict:
+    """Run every stage not yet finished, then write summary.json and report.html. Returns the summary."""
+    study = Path(out)
+    study.mkdir(parents=True, exist_ok=True)
+    cfg_path = study / "study_config.json"
+    cfg = {"data": settings.data, "model": settings.model, "seed": settings.seed, "quick": settings.quick,
+           "data_dir": settings.data_dir}
+    if cfg_path.exists() and read_json(cfg_path) != cfg:
+        raise LowlossError(f"{study} holds a study with another configuration ({read_json(cfg_path)}); "
+                           "use a new --out")
+    write_json(cfg_path, cfg)
+    status: dict[str, dict] = {}
+    t_start = time.time()
+    n = len(STAGES)
+    for i, st in enumerate(STAGES, 1):
+        d = study / st.name
+        marker = d / STAGE_FILE
+        head = f"[{i:>2}/{n}] {st.title:<48}"
+        if only and st.name not in only:
+            continue
+        if marker.exists():
+            status[st.name] = {**read_json(marker), "status": "done (cached)"}
+            echo(f"{head} cached ({status[st.name].get('seconds', 0):.1f}s when run)", settings.quiet)
+            continue
+        if not _module_available(st.optional_module):
+            status[st.name] = {"status": "skipped (method not installed)", "seconds": 0.0}
+            echo(f"{head} skipped: {st.optional_module} not available", settings.quiet)
+            continue
+        missing = [dep for dep in st.needs if not (study / dep / STAGE_FILE).exists()]
+        if missing:
+            status[st.name] = {"status": f"skipped (needs {', '.join(missing)})", "seconds": 0.0}
+            echo(f"{head} skipped: needs {', '.join(missing)}", settings.quiet)
+            continue
+        echo(f"{head} running ... (study time so far {time.time() - t_start:.0f}s)", settings.quiet)
+        t0 = time.time()
+        d.mkdir(parents=True, exist_ok=True)
+        st.run(d, settings, study)
+        secs = time.time() - t0
+        write_json(marker, {"stage": st.name, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        status[st.name] = {"status": "done", "seconds": secs}
+        echo(f"{head} done in {secs:.1f}s", settings.quiet)
+    from .claims import collect_claims
+
+    claims = collect_claims(study, settings)
+    summary = {"claims": [{k: c[k] for k in ("id", "statement", "measured", "held")} for c in claims],
+               "config": cfg, "versions": versions(), "seeds": settings.seeds,
+               "stage_seconds": {k: v.get("seconds", 0.0) for k, v in status.items()},
+               "stages": status, "total_seconds": time.time() - t_start}
+    write_json(study / "summary.json", summary)
+    from .report import write_report
+
+    held = sum(1 for c in claims if c["held"])
+    measured = sum(1 for c in claims if c["held"] is not None)
+    write_report(study / "report.html", title=f"lowloss study: {settings.model} on {settings.data}",
+                 subtitle=f"{held} of {measured} measured claims held; seeds {settings.seeds}; "
+                          f"{'quick' if settings.quick else 'full'} settings; lowloss {versions()['lowloss']}, "
+                          f"torch {versions()['torch']}",
+                 claims=claims, base=study, stages=status, extra={"config": cfg, "versions": versions()})
+    return summary
+
+
+def load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
