@@ -108,6 +108,69 @@ def _stage_plane_curve(d: Path, s: Settings, study: Path) -> None:
     run_cli(["plane", "--curve", study / "connect_bezier", "--grid", s.grid, "--out", d, *_common(s)], s.quiet)
 
 
+def _resume(d: Path) -> list[str]:
+    """--resume when the stage directory holds any partial work (checkpoints, finished sub-runs)."""
+    return ["--resume"] if d.exists() and any(d.iterdir()) else []
+
+
+def _stage_budget(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["budget", *_data_args(s), "--model", s.model, "--budgets", 1, "--seeds", 2 if s.quick else 3,
+             "--epochs", s.mode_epochs, "--seed", s.seed, "--out", d, *_common(s)], s.quiet)
+
+
+def _stage_swag(d: Path, s: Settings, study: Path) -> None:
+    for k, m in zip(s.seeds, mode_dirs(study, s)):
+        sub = d / f"seed{k}"
+        run_cli(["swag", m, "--epochs", 5 if s.quick else 10, "--seed", k, "--out", sub, *_resume(sub),
+                 *_common(s)], s.quiet)
+
+
+def _stage_espro(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["espro", *mode_dirs(study, s), "--vertices", 3, "--epochs-per-vertex", 3 if s.quick else 10,
+             "--members", 10 if s.quick else 25, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
+
+
+def _stage_complex(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["complex", *mode_dirs(study, s)[:2], "--connectors", 2, "--epochs-per-vertex", 3 if s.quick else 8,
+             "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
+
+
+def _stage_dimension(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["dimension", *mode_dirs(study, s)[:2], "--max-connectors", 5 if s.quick else 12,
+             "--epochs-per-vertex", 2 if s.quick else 5, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)],
+            s.quiet)
+
+
+def _stage_calibration(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["calibrate", *mode_dirs(study, s), "--out", d, *_common(s)], s.quiet)
+
+
+def _stage_shift(d: Path, s: Settings, study: Path) -> None:
+    extra = []
+    if (study / "espro" / STAGE_FILE).exists():
+        extra += ["--espro", study / "espro"]
+    if (study / "swag" / STAGE_FILE).exists():
+        extra += [a for m in mode_dirs(study, s) for a in ("--swag", study / "swag" / m.name)]
+    run_cli(["shift", *mode_dirs(study, s), *extra, "--corruptions",
+             "gaussian_noise" if s.quick else "all", "--severities", "1-5",
+             "--samples", 10 if s.quick else 30, "--out", d, *_common(s)], s.quiet)
+
+
+def _stage_vardrop(d: Path, s: Settings, study: Path) -> None:
+    data = s.data if s.data in ("digits", "mnist5k", "mnist", "fashion-mnist") else "digits"
+    run_cli(["vardrop", "--data", data, "--model", "lenet5", "--posterior", "dropout,variance,weight",
+             "--epochs", 30 if s.quick else 100, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
+
+
+def _stage_regression(d: Path, s: Settings, study: Path) -> None:
+    for method in ("ensemble", "swag", "espro"):
+        run_cli(["regression", "--method", method, "--seed", s.seed, "--out", d / method, *_common(s)], s.quiet)
+
+
+def _stage_spirals(d: Path, s: Settings, study: Path) -> None:
+    run_cli(["spirals", "--seed", s.seed, "--out", d, *_common(s)], s.quiet)
+
+
 STAGES: list[Stage] = [
     Stage("modes", "Train three independent modes", _stage_modes),
     Stage("connect_bezier", "Connect two modes with a Bezier curve", _stage_connect("bezier"), ("modes",),
@@ -117,6 +180,19 @@ STAGES: list[Stage] = [
     Stage("plane_modes", "Loss plane through three modes", _stage_plane_modes, ("modes",), "lowloss.methods.plane"),
     Stage("plane_curve", "Loss plane through the Bezier curve", _stage_plane_curve, ("connect_bezier",),
           "lowloss.methods.plane"),
+    Stage("budget", "FGE, SSE, SWA, SWAG, MultiSWAG, deep ensembles at equal budget", _stage_budget, (),
+          "lowloss.methods.budget"),
+    Stage("swag", "SWAG from each mode (MultiSWAG)", _stage_swag, ("modes",), "lowloss.methods.swag"),
+    Stage("espro", "ESPRO simplexes from each mode vs the deep ensemble", _stage_espro, ("modes",),
+          "lowloss.methods.spro"),
+    Stage("complex", "A mode-connecting simplicial complex (SPRO)", _stage_complex, ("modes",), "lowloss.methods.spro"),
+    Stage("dimension", "Dimensionality of the low-loss valley", _stage_dimension, ("modes",), "lowloss.methods.spro"),
+    Stage("calibration", "Calibration and temperature scaling", _stage_calibration, ("modes",),
+          "lowloss.methods.calibration"),
+    Stage("shift", "Dataset shift (corrupted test images)", _stage_shift, ("modes",), "lowloss.methods.shift"),
+    Stage("vardrop", "Variational dropout vs variance networks", _stage_vardrop, (), "lowloss.methods.vardrop"),
+    Stage("regression", "1-D regression uncertainty bands", _stage_regression, (), "lowloss.methods.regression"),
+    Stage("spirals", "Two spirals: functional diversity in a simplex", _stage_spirals, (), "lowloss.methods.spirals"),
 ]
 
 

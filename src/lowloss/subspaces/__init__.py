@@ -5,5 +5,7 @@ simplicial complexes (barycentric coordinates), planes (x, y), SWAG Gaussians (z
 """
 
 from .base import LinearSubspace, Subspace
+from .curves import Bezier, Curve, Line, PolyChain, make_curve  # noqa: E402
 
 __all__ = ["LinearSubspace", "Subspace"]
+__all__ += ["Bezier", "Curve", "Line", "PolyChain", "make_curve"]
