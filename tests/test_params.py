@@ -110,3 +110,20 @@ def test_custom_forward_for_dict_inputs():
     ref = torch.nn.functional.linear(x["a"], m.lin.weight * 2, m.lin.bias * 2) + x["b"]
     torch.testing.assert_close(out, ref)
     assert torch.equal(P.flatten(m), v / 2)
+
+
+def test_zero_dim_parameters_roundtrip():
+    class Scalar(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.scale * self.lin(x)
+
+    m = Scalar()
+    named = P.unflatten(P.flatten(m), m)
+    assert named["scale"].shape == () and named["scale"].item() == 2.0
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(P.functional_forward(m, P.flatten(m), x), m(x))

@@ -209,7 +209,9 @@ class WideResNet(nn.Module):
 
 
 def _mlp(s, k, widths="256,256", **o):
-    if isinstance(widths, str):
+    if isinstance(widths, (int, float)):
+        widths = [int(widths)]
+    elif isinstance(widths, str):
         widths = [int(w) for w in widths.replace("x", ",").split(",") if w]
     return MLP(s, k, widths=widths, **o)
 

@@ -54,7 +54,7 @@ class ParamLayout:
             )
         lead = vector.shape[:-1]
         chunks = torch.split(vector, list(self.numels), dim=-1)
-        return {n: c.reshape(*lead, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
+        return {n: c.reshape(tuple(lead) + tuple(s)) for n, c, s in zip(self.names, chunks, self.shapes)}
 
 
 def layout(model: nn.Module) -> ParamLayout:

@@ -93,6 +93,7 @@ LOADERS: dict[str, str] = {
     "multiswag.json": "lowloss.methods.swag:multiswag_predictor",           # MultiSWAG mixtures
     "simplex.safetensors": "lowloss.methods.spro:simplex_predictor",        # one ESPRO simplex
     "espro.json": "lowloss.methods.spro:espro_predictor",                   # ESPRO ensemble of simplexes
+    "vardrop.json": "lowloss.methods.vardrop:vardrop_predictor",            # a variational network
     "run.json": "lowloss.methods.predictor:run_predictor",                  # one trained network
 }
 

@@ -1,0 +1,78 @@
+"""lowloss vardrop: variational dropout / variance networks and their three prediction schemes."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import common_options, data_options
+from ..methods.vardrop import VardropConfig
+from ..vardrop import POSTERIORS
+
+_D = VardropConfig()
+
+
+@click.command()
+@data_options
+@click.option("--model", default=_D.model, show_default=True,
+              help="mlp, convnet, lenet5, lowloss.methods.vardrop:lenet5_bn (LeNet-5 with BatchNorm, as in the variance "
+                   "network experiments) or package.module:factory; its nn.Linear/nn.Conv2d layers become variational.")
+@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
+              help="Model option, repeatable: width=2, bn=false, widths=128,128.")
+@click.option("--posterior", default="all", show_default=True,
+              help=f"{', '.join(POSTERIORS)}, a comma-separated list, or all. weight/neuron/layer: "
+                   "N(mu, alpha mu^2) with alpha per weight/output unit/layer; additive: N(mu, sigma^2); "
+                   "variance: N(0, sigma^2); dropout: Gaussian dropout with fixed alpha = p/(1-p).")
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Epochs per posterior.")
+@click.option("--lr", type=float, default=_D.lr, show_default=True,
+              help="Adam learning rate, decayed linearly to lr * --final-lr-ratio.")
+@click.option("--final-lr-ratio", type=float, default=_D.final_lr_ratio, show_default=True,
+              help="Learning rate at the end of training relative to --lr.")
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True, help="Minibatch size.")
+@click.option("--anneal-epochs", type=float, default=_D.anneal_epochs, show_default=True,
+              help="KL annealing: the KL weight rises linearly from 0 to 1 over this many epochs (0: off).")
+@click.option("--log-alpha-init", type=float, default=_D.log_alpha_init, show_default=True,
+              help="Initial log alpha (weight/neuron/layer; additive starts at sigma^2 = alpha mu^2).")
+@click.option("--log-sigma2-init", type=float, default=None,
+              help="Initial log sigma^2 of variance layers, one value for all weights  [default: sigma = |w| of "
+                   "the source (or freshly initialised) weights, which breaks the symmetry between units].")
+@click.option("--dropout-p", type=float, default=_D.dropout_p, show_default=True,
+              help="Dropout baseline rate: alpha = p / (1 - p) (0.5 -> alpha = 1).")
+@click.option("--variance-last", type=click.Choice(["weight", "plain", "variance", "additive"]),
+              default=_D.variance_last, show_default=True,
+              help="Output layer of the variance network: a weight-wise VD layer, a plain point-estimate layer, "
+                   "or a variance layer too (zero-mean logits: one-sample accuracy <= 50%).")
+@click.option("--init", "init_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Take mu (and biases) from a finished `lowloss train` run of the same model and data "
+                   "[default: fresh initialisation].")
+@click.option("--samples", type=int, default=_D.samples, show_default=True,
+              help="K, the number of posterior samples of the ensemble scheme.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted posterior from its checkpoint (finished posteriors are always skipped).")
+@common_options(out="runs/vardrop")
+def command(data, data_dir, data_seed, model, model_opt, posterior, epochs, lr, final_lr_ratio, batch_size,
+            anneal_epochs, log_alpha_init, log_sigma2_init, dropout_p, variance_last, init_run, samples, resume, out, seed, device,
+            quiet):
+    """Train variational-dropout / variance networks (ELBO, Adam) into OUT/<posterior>/ and compare the
+    stochastic, deterministic and ensemble prediction schemes (OUT/schemes.json, OUT/schemes.md,
+    OUT/log_alpha.png)."""
+    from ..methods.vardrop import train_all
+    from ..models import parse_options
+    from ..utils import LowlossError
+
+    posts = POSTERIORS if posterior == "all" else tuple(p.strip() for p in posterior.split(",") if p.strip())
+    bad = [p for p in posts if p not in POSTERIORS]
+    if bad or not posts:
+        raise LowlossError(f"unknown posterior {', '.join(bad) or repr(posterior)}; valid: {', '.join(POSTERIORS)} "
+                           "or all")
+    cfg = VardropConfig(data=data, model=model, model_options=parse_options(model_opt), epochs=epochs, lr=lr,
+                        final_lr_ratio=final_lr_ratio, batch_size=batch_size, anneal_epochs=anneal_epochs,
+                        log_alpha_init=log_alpha_init, log_sigma2_init=log_sigma2_init, dropout_p=dropout_p,
+                        variance_last=variance_last, init=init_run, samples=samples, seed=seed, data_seed=data_seed, data_dir=data_dir,
+                        device=device)
+    from pathlib import Path
+
+    schemes = train_all(cfg, out, posts, resume=resume, quiet=quiet)
+    if not quiet:
+        click.echo((Path(out) / "schemes.md").read_text())
+        click.echo(f"written: {out}/schemes.json, {out}/schemes.md, {out}/log_alpha.png "
+                   f"({len(schemes)} posteriors)")

@@ -1,0 +1,374 @@
+"""Training variational-dropout and variance networks, and their three prediction schemes.
+
+:func:`train_vardrop` maximises the ELBO  sum_n E_q log p(y_n | x_n, w) - KL(q || log-uniform prior)
+(the data term estimated on a minibatch and scaled to the dataset size; reported per example) with Adam
+and a linearly decaying learning rate, as in the reference setting (Molchanov et al. 2017; Neklyudov et al.
+2018). :func:`evaluate_schemes` scores the trained posterior with the three schemes of the slides:
+ensemble (average of the probabilities of K samples), stochastic (one sample) and deterministic (the mean
+weights E w). :func:`train_all` trains several posteriors into DIR/<posterior>/ and writes the comparison
+(DIR/schemes.json, DIR/schemes.md, DIR/log_alpha.png).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import metrics as M
+from .. import params as P
+from ..data import Dataset
+from ..evaluate import evaluate_vectors, predict_probs
+from ..runs import build_from_config, load_run, load_state_into, save_state
+from ..train import Stateful, TensorState, Trainer, lr_schedule
+from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
+from ..vardrop import (
+    POSTERIORS,
+    kl_divergence,
+    layer_statistics,
+    prediction_mode,
+    to_variational,
+    variational_layers,
+)
+
+RUN_FILE = "vardrop.json"
+MODEL_FILE = "model.safetensors"
+SCHEMES = ("stochastic", "deterministic", "ensemble")
+
+
+@dataclass
+class VardropConfig:
+    """One variational training run (METHODS.md section 7; reference: Adam 1e-3 decayed linearly,
+    200 epochs, log alpha initialised at -5)."""
+
+    data: str = "digits"
+    model: str = "lenet5"
+    model_options: dict = field(default_factory=dict)
+    posterior: str = "weight"
+    epochs: int = 50
+    lr: float = 1e-3
+    final_lr_ratio: float = 0.0          # linear decay from lr to lr * final_lr_ratio
+    batch_size: int = 100
+    anneal_epochs: float = 0.0           # KL weight rises linearly from 0 to 1 over these epochs (0: off)
+    log_alpha_init: float = -5.0
+    log_sigma2_init: float | None = None  # additive/variance fresh init; None: log(2 / fan_in) for variance
+    dropout_p: float = 0.5                # the dropout baseline: alpha = p / (1 - p)
+    init: str | None = None               # a finished `lowloss train` run to take mu from (None: fresh)
+    variance_last: str = "plain"          # posterior of the output layer of a variance network (or "plain",
+    #                                       "variance"; see lowloss.vardrop.to_variational)
+    samples: int = 20                     # K of the ensemble scheme
+    seed: int = 0
+    data_seed: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+class LeNet5BN(torch.nn.Module):
+    """LeNet-5 with BatchNorm after every hidden layer (conv/linear -> BN -> ReLU [-> max pool]), as in the
+    variance-network experiments: BN re-centres and re-scales the zero-mean activations of variance layers,
+    which is what lets them train. Pads the convolutions for inputs smaller than 32x32, like lowloss's lenet5.
+    Use as ``--model lowloss.methods.vardrop:lenet5_bn``."""
+
+    def __init__(self, input_shape, num_classes, width: float = 1.0):
+        super().__init__()
+        nn = torch.nn
+        c, h = input_shape[0], input_shape[1]
+        c1, c2, f1, f2 = (max(1, int(round(k * width))) for k in (6, 16, 120, 84))
+        self.features = nn.Sequential(
+            nn.Conv2d(c, c1, 5, padding=2 if h < 32 else 0, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2 if h < 16 else 0, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten())
+        with torch.no_grad():
+            d = self.features.eval()(torch.zeros(1, *input_shape)).shape[1]
+        self.features.train()
+        self.classifier = nn.Sequential(nn.Linear(d, f1, bias=False), nn.BatchNorm1d(f1), nn.ReLU(),
+                                        nn.Linear(f1, f2, bias=False), nn.BatchNorm1d(f2), nn.ReLU(),
+                                        nn.Linear(f2, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def lenet5_bn(input_shape, num_classes, width: float = 1.0) -> LeNet5BN:
+    return LeNet5BN(input_shape, num_classes, width)
+
+
+def build_variational(cfg: dict, data: Dataset | None = None, device=None):
+    """The base model of `cfg` made variational (from an `init` run's weights when given) and the data."""
+    if cfg.get("init"):
+        run = load_run(cfg["init"], device=device or cfg.get("device", "auto"), data=data)
+        rc = run.config
+        if (rc["model"], rc.get("model_options", {}), rc["data"], rc.get("data_seed", 0)) != (
+                cfg["model"], cfg.get("model_options", {}), cfg["data"], cfg.get("data_seed", 0)):
+            raise LowlossError(f"--init {cfg['init']} was trained with model {rc['model']} on {rc['data']}; "
+                               f"pass the same --model/--model-opt/--data/--data-seed")
+        base, data = run.model, run.data
+    else:
+        base, data = build_from_config(cfg, data, device)
+    model = to_variational(base, cfg["posterior"], from_weights=True, log_alpha_init=cfg["log_alpha_init"],
+                           log_sigma2_init=cfg.get("log_sigma2_init"), dropout_p=cfg["dropout_p"],
+                           last_posterior=cfg.get("variance_last") if cfg["posterior"] == "variance" else None)
+    return model, data
+
+
+class OptimizerState(Stateful):
+    """Checkpoints the per-parameter state of any torch optimiser (Adam's moments and step counts)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, names: dict):
+        self.opt, self.names = opt, names  # names: param tensor id -> name
+
+    def state_tensors(self):
+        out = {}
+        for p, st in self.opt.state.items():
+            for k, v in st.items():
+                out[f"{self.names[id(p)]}/{k}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
+        return out
+
+    def load_state_tensors(self, tensors):
+        by_name = {n: p for p in self.opt.param_groups[0]["params"] for n in [self.names[id(p)]]}
+        for key, v in tensors.items():
+            name, _, k = key.rpartition("/")
+            if name not in by_name:
+                raise LowlossError(f"optimiser state for unknown parameter '{name}': the checkpoint belongs to a "
+                                   "different configuration")
+            p = by_name[name]
+            self.opt.state[p][k] = v.to(p.device) if k != "step" else v.clone()
+
+
+class AdamTrainer(Trainer):
+    """:class:`lowloss.train.Trainer` (progress bar, per-epoch atomic checkpoint, exact resume) with Adam."""
+
+    def __init__(self, params, loss_fn, data, *, betas=(0.9, 0.999), **kw):
+        kw.setdefault("momentum", 0.0)
+        super().__init__(params, loss_fn, data, **kw)
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=self.lr(0.0), betas=betas)
+        self.extra["adam"] = OptimizerState(self.opt, {id(p): n for n, p in self.params.items()})
+
+
+def kl_weight(anneal_epochs: float, epoch: float) -> float:
+    """KL annealing: the weight of the KL term rises linearly from 0 to 1 over `anneal_epochs`."""
+    return 1.0 if anneal_epochs <= 0 else min(1.0, epoch / anneal_epochs)
+
+
+@torch.no_grad()
+def elbo_terms(model, split, batch_size: int = 1000) -> dict:
+    """One-sample (local reparameterisation) estimate of the ELBO on `split`: total and per example."""
+    nll_sum, n = 0.0, 0
+    device = next(model.parameters()).device
+    with prediction_mode(model, "sample"):
+        was = model.training
+        model.eval()
+        for x, y in split.batches(batch_size, device=device):
+            nll_sum += torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item()
+            n += len(y)
+        model.train(was)
+    kl = kl_divergence(model).item()
+    return {"elbo": -(nll_sum + kl), "elbo_per_example": -(nll_sum + kl) / n, "expected_nll": nll_sum / n,
+            "kl": kl, "kl_per_example": kl / n, "num_examples": n}
+
+
+@torch.no_grad()
+def evaluate_schemes(model, data: Dataset, samples: int = 20, seed: int = 0, split: str = "test") -> dict:
+    """Accuracy, NLL and ECE of the three prediction schemes on `split`.
+
+    deterministic: one pass with the mean weights E w. ensemble: the mean of the softmax outputs of
+    `samples` stochastic passes (K independent posterior samples per example, through the shared
+    evaluation engine). stochastic: a single sample; reported as the mean (and std) over those K
+    single-sample scores, which estimates the one-sample scheme with less noise than one draw would.
+    """
+    vec = P.flatten(model)
+    with torch.random.fork_rng(devices=[vec.device] if vec.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with prediction_mode(model, "mean"):
+            pd, y = predict_probs(model, vec, getattr(data, split))
+        with prediction_mode(model, "sample"):
+            res = evaluate_vectors(model, vec.unsqueeze(0).expand(samples, -1), data, splits=(split,),
+                                   recompute=False, calibration=True, return_probs=(split,))
+    probs = res["probs"][split].double()
+    det = M.classification_metrics(pd.cpu(), y.cpu())
+    ens = M.classification_metrics(M.ensemble_probs(probs), res["labels"][split])
+    single = {"accuracy": 1.0 - res[f"{split}_error"], "nll": res[f"{split}_nll"], "ece": res[f"{split}_ece"]}
+    stoch = {k: v.mean().item() for k, v in single.items()}
+    stoch.update({f"{k}_std": v.std().item() if samples > 1 else 0.0 for k, v in single.items()})
+    keep = ("accuracy", "nll", "ece")
+    return {"stochastic": stoch, "deterministic": {k: det[k] for k in keep},
+            "ensemble": {k: ens[k] for k in keep}, "samples": samples, "split": split}
+
+
+def is_finished(out: Path) -> bool:
+    return (out / RUN_FILE).exists() and (out / MODEL_FILE).exists()
+
+
+def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
+                  data: Dataset | None = None, stop_after_epochs: int | None = None) -> dict:
+    """Train one variational network into the run directory `out`; returns the contents of vardrop.json."""
+    out = Path(out)
+    cfg = asdict(config)
+    if cfg["posterior"] not in POSTERIORS:
+        raise LowlossError(f"unknown posterior '{cfg['posterior']}'; valid: {', '.join(POSTERIORS)} (or all)")
+    if cfg["epochs"] < 1 or cfg["samples"] < 1 or cfg["batch_size"] < 1:
+        raise LowlossError("--epochs, --samples and --batch-size must be positive")
+    if is_finished(out):
+        info = read_json(out / RUN_FILE)
+        if info.get("config") == cfg or resume:
+            echo(f"{out} is already finished; nothing to do", quiet)
+            return info
+        raise LowlossError(f"{out} already holds a finished run with another config; choose a new --out")
+    if (out / Trainer.CKPT).exists() and not resume:
+        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
+    if resume and (out / "config.json").exists() and read_json(out / "config.json") != cfg:
+        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg)
+
+    device = resolve_device(config.device)
+    gen = seed_everything(config.seed)
+    model, data = build_variational(cfg, data, device)
+    if data.num_classes < 2:
+        raise LowlossError(f"vardrop needs a classification dataset; {data.name} is a regression task")
+    model.to(device).train()
+    n_train = len(data.train)
+    n_batches = data.train.num_batches(config.batch_size)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss_fn(x, y, step):
+        logits = model(x)
+        nll = torch.nn.functional.cross_entropy(logits, y)
+        beta = kl_weight(config.anneal_epochs, step / n_batches)
+        # the negative ELBO per example: mean NLL + KL / N (the data term scaled to the dataset size)
+        loss = nll + beta * kl_divergence(model) / n_train
+        return loss, (logits.argmax(-1) == y).sum().item()
+
+    def after_epoch(epoch):
+        rec = {"kl_weight": kl_weight(config.anneal_epochs, epoch), "kl_per_example": kl_divergence(model).item() / n_train}
+        vec = P.flatten(model)
+        with torch.random.fork_rng(devices=[vec.device] if vec.device.type == "cuda" else []):
+            for mode in ("sample", "mean"):
+                with prediction_mode(model, mode):
+                    p, y = predict_probs(model, vec, data.test)
+                rec[f"test_accuracy_{'stochastic' if mode == 'sample' else 'deterministic'}"] = M.accuracy(p, y)
+        model.train()
+        return rec
+
+    buffers = dict(model.named_buffers())
+    trainer = AdamTrainer(trainable, loss_fn, data.train, epochs=config.epochs, batch_size=config.batch_size,
+                          lr=lr_schedule("linear", config.lr, config.epochs, final_ratio=config.final_lr_ratio),
+                          generator=gen, device=device, run_dir=out, quiet=quiet, desc=f"vardrop {config.posterior}",
+                          after_epoch=after_epoch, augment=False,
+                          extra={"buffers": TensorState(buffers)} if buffers else None,
+                          nan_hint="lower --lr, or raise --log-alpha-init / use --anneal-epochs")
+    t0 = time.time()
+    trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
+    if trainer.state.epoch < config.epochs:
+        return {"stopped_after_epoch": trainer.state.epoch}
+    train_seconds = time.time() - t0
+    torch.manual_seed(config.seed + 1)
+    elbo = elbo_terms(model, data.train)
+    schemes = evaluate_schemes(model, data, samples=config.samples, seed=config.seed + 2)
+    info = {"config": cfg, "seed": config.seed, "versions": versions(), "data": data.describe(),
+            "num_params": P.num_params(model), "variational_layers": list(model.variational_layer_names),
+            "history": trainer.state.history, "elbo": elbo, "schemes": schemes, "layers": layer_statistics(model),
+            "train_seconds": train_seconds, "kl_note": KL_NOTE}
+    save_state(out / MODEL_FILE, model.state_dict(), {"posterior": config.posterior, "model": config.model})
+    write_json(out / RUN_FILE, info)
+    (out / Trainer.CKPT).unlink(missing_ok=True)
+    return info
+
+
+KL_NOTE = ("KL to the log-uniform prior, Molchanov et al. (2017) approximation, normalised to 0 as alpha -> inf; "
+           "variance layers: the constant KL counted as that limit, 0; dropout: the constant KL at alpha = p/(1-p) "
+           "(no gradient, reported only); biases are point estimates without KL.")
+
+
+def load_vardrop(path: str | Path, device=None, data: Dataset | None = None):
+    """A finished vardrop run directory -> (variational model with its weights, data, info)."""
+    path = Path(path)
+    if not is_finished(path):
+        hint = " (interrupted: rerun the same command with --resume)" if (path / Trainer.CKPT).exists() else ""
+        raise LowlossError(f"{path} is not a finished vardrop run: it needs {RUN_FILE} and {MODEL_FILE}{hint}")
+    info = read_json(path / RUN_FILE)
+    cfg = dict(info["config"], init=None)  # the saved state holds every weight; no need for the init run
+    model, data = build_variational(cfg, data, device)
+    load_state_into(model, load_file(str(path / MODEL_FILE), device=str(next(model.parameters()).device)),
+                    source=str(path / MODEL_FILE))
+    return model, data, info
+
+
+def vardrop_predictor(path, device=None, samples: int | None = None):
+    """A finished vardrop run as a :class:`lowloss.methods.predictor.Predictor` whose K members are K
+    posterior samples (the same vector; every stochastic forward pass draws new noise)."""
+    from .predictor import Predictor
+
+    model, data, info = load_vardrop(path, device=device)
+    vec = P.flatten(model)
+    k = samples or info["config"]["samples"]
+    return Predictor(model, data, fixed=[(vec, P.buffers(model))] * k, name=f"vardrop {info['config']['posterior']}",
+                     info={"posterior": info["config"]["posterior"]})
+
+
+# ---------------------------------------------------------------------------------------------- several runs
+def format_table(schemes: dict) -> str:
+    """The slides' table: rows posterior; ELBO and stochastic / deterministic / ensemble accuracy (%)."""
+    lines = ["| posterior | ELBO | stochastic acc. (%) | deterministic acc. (%) | ensemble acc. (%) | "
+             "ensemble NLL | ensemble ECE |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for post, r in schemes.items():
+        lines.append(f"| {post} | {r['elbo']:.4g} | {100 * r['stochastic']['accuracy']:.1f} | "
+                     f"{100 * r['deterministic']['accuracy']:.1f} | {100 * r['ensemble']['accuracy']:.1f} | "
+                     f"{r['ensemble']['nll']:.4f} | {r['ensemble']['ece']:.4f} |")
+    return "\n".join(lines)
+
+
+def train_all(config: VardropConfig, out: str | Path, posteriors=POSTERIORS, *, resume: bool = False,
+              quiet: bool = False) -> dict:
+    """Train each posterior in turn into out/<posterior>/ (finished ones are skipped), then write
+    out/schemes.json, out/schemes.md and out/log_alpha.png. Returns the schemes dict."""
+    from ..plots.vardrop import plot_log_alpha
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = None
+    infos = {}
+    for post in posteriors:
+        cfg = replace(config, posterior=post)
+        run_dir = out / post
+        if data is None and not is_finished(run_dir):
+            _, data = build_from_config(asdict(cfg), None, resolve_device(cfg.device))
+        info = train_vardrop(cfg, run_dir, resume=resume, quiet=quiet, data=data)
+        infos[post] = info
+        if not quiet:
+            s = info["schemes"]
+            echo(f"{post}: ELBO {info['elbo']['elbo']:.4g} | accuracy stochastic {s['stochastic']['accuracy']:.4f} "
+                 f"deterministic {s['deterministic']['accuracy']:.4f} ensemble {s['ensemble']['accuracy']:.4f} "
+                 f"({info['train_seconds']:.0f}s)")
+    schemes = {p: {"elbo": i["elbo"]["elbo"], "elbo_per_example": i["elbo"]["elbo_per_example"],
+                   "kl_per_example": i["elbo"]["kl_per_example"],
+                   **{s: i["schemes"][s] for s in SCHEMES}} for p, i in infos.items()}
+    merged = read_json(out / "schemes.json") if (out / "schemes.json").exists() else {}
+    merged.update(schemes)  # runs of other posteriors already in DIR stay in the table
+    merged = {p: merged[p] for p in [*POSTERIORS, *merged] if p in merged}
+    write_json(out / "schemes.json", merged)
+    table = format_table(merged)
+    samples = config.samples
+    (out / "schemes.md").write_text(
+        f"Prediction schemes on the {config.data} test set ({config.model}, {config.epochs} epochs, ensemble of "
+        f"{samples} samples; ELBO on the training set, nats, one sample).\n\n{table}\n")
+    stats = {p: log_alpha_per_layer(out / p, data=data) for p in merged if is_finished(out / p)}
+    plot_log_alpha(stats, out / "log_alpha.png", title=f"{config.model} on {config.data}")
+    return merged
+
+
+def log_alpha_per_layer(path: Path, data: Dataset | None = None) -> dict[str, torch.Tensor | None]:
+    """Per variational layer of a finished run: the per-weight log alpha (+inf for a variance layer)."""
+    model, _, _ = load_vardrop(path, device="cpu", data=data.to("cpu") if data is not None else None)
+    out = {}
+    with torch.no_grad():
+        for name, m in variational_layers(model):
+            la = m.weight_log_alpha()
+            n = math.prod(m.weight_shape)
+            out[name] = torch.full((n,), math.inf, dtype=torch.float64) if la is None else la.reshape(-1).double().cpu()
+    return out

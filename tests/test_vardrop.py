@@ -1,0 +1,275 @@
+"""Variational dropout / variance layers: KL approximation, local reparameterisation, conversion, schemes."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+from torch.func import vmap
+
+from lowloss.models import build_model
+from lowloss.utils import LowlossError, read_json
+from lowloss.vardrop import (
+    EXACT_KL_CONSTANT,
+    POSTERIORS,
+    VariationalConv2d,
+    VariationalLinear,
+    kl_divergence,
+    kl_log_uniform,
+    kl_log_uniform_mc,
+    prediction_mode,
+    set_mode,
+    to_variational,
+    variational_layers,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster than two on a shared, loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. 2017, eq. 14
+
+
+def _kl_by_hand(la: float) -> float:
+    # -KL ~ k1 sigmoid(k2 + k3 log alpha) - 0.5 log(1 + 1/alpha) - k1
+    return -(K1 / (1 + math.exp(-(K2 + K3 * la))) - 0.5 * math.log1p(math.exp(-la)) - K1)
+
+
+def test_kl_matches_published_constants_and_values():
+    la = torch.tensor([-5.0, 0.0, 5.0, 10.0], dtype=torch.float64)
+    kl = kl_log_uniform(la)
+    for v, l in zip(kl.tolist(), la.tolist()):
+        assert v == pytest.approx(_kl_by_hand(l), rel=1e-12)
+    # the values METHODS.md quotes (rounded): 3.1367, 0.4312, 0.00342, 2e-5 (2.27e-5: the 0.5 log(1+1/alpha) tail)
+    assert kl[0].item() == pytest.approx(3.1367, abs=5e-5)
+    assert kl[1].item() == pytest.approx(0.4312, abs=5e-5)
+    assert kl[2].item() == pytest.approx(0.003415, abs=5e-7)
+    assert kl[3].item() == pytest.approx(2.273e-5, abs=5e-8)
+    # positive, decreasing in alpha, -> 0 as alpha -> inf (the normalisation the constant -k1 chooses)
+    grid = torch.linspace(-20, 40, 601, dtype=torch.float64)
+    vals = kl_log_uniform(grid)
+    assert (vals > 0).all() and (vals.diff() < 0).all() and vals[-1] < 1e-8
+    # k1 is the fitted stand-in for the exact limit constant (gamma + log 2) / 2 = 0.635181...
+    assert abs(K1 - EXACT_KL_CONSTANT) < 1e-3
+    # and the autograd path does not overflow for extreme log alpha
+    x = torch.tensor([-80.0, 80.0], requires_grad=True)
+    kl_log_uniform(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("la", [-4.0, -2.0, 0.0, 2.0, 4.0, 8.0])
+def test_kl_close_to_monte_carlo(la):
+    """KL = -0.5 log a + E log|1 + sqrt(a) z| + (gamma + log 2)/2 by Monte Carlo (float64, 4e5 samples)."""
+    g = torch.Generator().manual_seed(0)
+    mc, se = kl_log_uniform_mc(la, 400_000, generator=g)
+    approx = kl_log_uniform(torch.tensor(la, dtype=torch.float64)).item()
+    # the published approximation error is below ~0.01 nats per weight; plus 4 standard errors of sampling
+    assert abs(approx - mc) < 0.01 + 4 * se, (la, approx, mc, se)
+
+
+def test_kl_differences_match_monte_carlo_with_common_random_numbers():
+    """Free of the prior's arbitrary constant: KL(a) - KL(b) from the approximation vs Monte Carlo."""
+    z = torch.randn(400_000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def mc(la):  # KL up to the additive constant
+        return -0.5 * la + torch.log(torch.abs(1 + math.exp(la / 2) * z)).mean().item()
+
+    las = [-6.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0]
+    for a, b in zip(las[:-1], las[1:]):
+        d_mc = mc(a) - mc(b)
+        d_ap = (kl_log_uniform(torch.tensor(a, dtype=torch.float64)) - kl_log_uniform(torch.tensor(b, dtype=torch.float64))).item()
+        assert abs(d_mc - d_ap) < 0.015, (a, b, d_mc, d_ap)
+    # and the large-alpha limit really is the constant: -0.5 la + E log|sqrt(a) z| -> E log|z| = -(g + log 2)/2
+    assert torch.log(z.abs()).mean().item() == pytest.approx(-EXACT_KL_CONSTANT, abs=0.01)
+
+
+def _posterior_layer(kind, posterior, seed=0):
+    torch.manual_seed(seed)
+    if kind == "linear":
+        layer = VariationalLinear(4, 3, posterior=posterior, log_alpha_init=-0.5)
+    else:
+        layer = VariationalConv2d(2, 3, 3, stride=1, padding=1, posterior=posterior, log_alpha_init=-0.5)
+    layer = layer.double()
+    with torch.no_grad():  # spread the posterior parameters so every weight has its own variance
+        for name, p in layer.named_parameters():
+            if name in ("log_alpha", "log_sigma2"):
+                p.add_(0.5 * torch.randn_like(p))
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("posterior", ["weight", "neuron", "layer", "additive", "variance"])
+def test_local_reparameterisation_matches_sampling_weights(kind, posterior):
+    """Per output: mean and variance of the local-reparameterisation sample == those of x W, W ~ q (MC)."""
+    layer = _posterior_layer(kind, posterior)
+    x = torch.randn(2, 4, dtype=torch.float64) if kind == "linear" else torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        mean_exact = layer._op(x, layer.weight_mean(), layer.bias)
+        var_exact = layer._op(x * x, layer.weight_var(), None)
+        torch.manual_seed(1)
+        s = 8000
+        with prediction_mode(layer, "sample"):  # every row of the repeated batch gets independent noise
+            local = layer(x.repeat(s, *([1] * (x.dim() - 1)))).reshape(s, *mean_exact.shape)
+        with prediction_mode(layer, "weights"):  # ground truth: one weight draw per forward pass (vmapped)
+            direct = vmap(lambda _: layer(x), randomness="different")(torch.arange(s))
+    for samples in (local, direct):
+        n = samples.shape[0]
+        se_mean = (var_exact / n).sqrt()
+        se_var = var_exact * math.sqrt(2.0 / n)
+        assert ((samples.mean(0) - mean_exact).abs() <= 5 * se_mean + 1e-12).all()
+        assert ((samples.var(0) - var_exact).abs() <= 5 * se_var + 1e-12).all()
+    assert var_exact.min() > 0
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_variance_layer_deterministic_scheme_is_bias_only(kind):
+    layer = _posterior_layer(kind, "variance")
+    assert not hasattr(layer, "weight")  # the mean is fixed at zero, not a parameter
+    x = torch.randn(5, 4, dtype=torch.float64) if kind == "linear" else torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad(), prediction_mode(layer, "mean"):
+        out = layer(x)
+    bias = layer.bias.reshape(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+    assert torch.equal(out, bias)
+    # sample mode: mean = bias, std = sqrt(x^2 sigma^2 + 1e-16): a zero input gives the bias up to 1e-8 noise
+    with torch.no_grad():
+        z = layer(torch.zeros_like(x))
+    assert (z - bias).abs().max() < 1e-6
+    assert (z - bias).abs().max() > 0
+
+
+def test_variance_network_deterministic_prediction_ignores_the_input():
+    torch.manual_seed(0)
+    net = to_variational(build_model("mlp", (1, 8, 8), 10, {"widths": "16,16"}), "variance")
+    x = torch.randn(7, 1, 8, 8)
+    with torch.no_grad(), prediction_mode(net, "mean"):
+        out = net(x)
+    # every layer outputs its bias: the logits are the same for every input (chance-level prediction)
+    assert torch.allclose(out, out[:1].expand_as(out))
+    with torch.no_grad():
+        assert net(x).std(0).min() > 0  # the stochastic network does depend on x
+
+
+@pytest.mark.parametrize("name,opts", [("mlp", {"widths": "16,16"}), ("convnet", {"width": 0.25}), ("lenet5", {}),
+                                       ("tiny", {})])
+@pytest.mark.parametrize("posterior", ["weight", "neuron", "layer", "additive"])
+def test_conversion_keeps_shapes_and_reproduces_model_as_alpha_goes_to_zero(name, opts, posterior, tiny_bn):
+    torch.manual_seed(0)
+    base = tiny_bn if name == "tiny" else build_model(name, (1, 8, 8), 10, opts)
+    base.eval()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    types_before = [type(m) for m in base.modules()]
+    var = to_variational(base, posterior, log_alpha_init=-40.0).eval()
+    # the user's module is untouched
+    assert [type(m) for m in base.modules()] == types_before
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    originals = [(n, m) for n, m in base.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers = variational_layers(var)
+    assert [n for n, _ in layers] == [n for n, _ in originals] == list(var.variational_layer_names)
+    for (_, o), (_, v) in zip(originals, layers):
+        assert v.weight.shape == o.weight.shape and torch.equal(v.weight, o.weight)
+        assert (v.bias is None) == (o.bias is None)
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        ref = base(x)
+        with prediction_mode(var, "mean"):
+            assert torch.allclose(var(x), ref, atol=1e-6)
+        assert torch.allclose(var(x), ref, atol=1e-5)  # alpha = e^-40: sampling reproduces the model
+
+
+def test_fresh_conversion_and_errors():
+    torch.manual_seed(0)
+    base = build_model("mlp", (1, 8, 8), 10, {"widths": "16"})
+    fresh = to_variational(base, "weight", from_weights=False)
+    assert not torch.equal(variational_layers(fresh)[0][1].weight, base.net[1].weight)
+    with pytest.raises(LowlossError, match="posterior"):
+        to_variational(base, "gaussian")
+    with pytest.raises(LowlossError, match="no nn.Linear"):
+        to_variational(nn.Sequential(nn.ReLU()), "weight")
+    with pytest.raises(LowlossError, match="mode"):
+        set_mode(fresh, "median")
+    skipped = to_variational(base, "weight", skip=("net.1",))
+    assert isinstance(skipped.net[1], nn.Linear) and isinstance(skipped.net[3], VariationalLinear)
+
+
+def test_kl_per_posterior_and_mode_switch():
+    torch.manual_seed(0)
+    base = build_model("mlp", (1, 8, 8), 10, {"widths": "16"})
+    n_w = 64 * 16 + 16 * 10
+    kl = {p: kl_divergence(to_variational(base, p, log_alpha_init=-5.0)).item() for p in POSTERIORS}
+    per_weight = kl_log_uniform(torch.tensor(-5.0)).item()
+    for p in ("weight", "neuron", "layer", "additive"):
+        assert kl[p] == pytest.approx(n_w * per_weight, rel=1e-4)
+    assert kl["variance"] == 0.0
+    assert kl["dropout"] == pytest.approx(n_w * kl_log_uniform(torch.tensor(0.0)).item(), rel=1e-5)  # p=0.5: alpha=1
+    net = to_variational(base, "dropout")
+    assert not any("log_alpha" in n for n, _ in net.named_parameters())  # alpha is fixed: a buffer
+    with prediction_mode(net, "mean"):
+        assert all(m.mode == "mean" for _, m in variational_layers(net))
+    assert all(m.mode == "sample" for _, m in variational_layers(net))
+
+
+def test_training_resumes_exactly_and_writes_schemes(tmp_path, digits):
+    from lowloss.methods.vardrop import VardropConfig, load_vardrop, train_all, train_vardrop
+
+    cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="weight", epochs=2,
+                        samples=4, anneal_epochs=1.0, device="cpu")
+    full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
+    assert train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits, stop_after_epochs=1) == {
+        "stopped_after_epoch": 1}
+    with pytest.raises(LowlossError, match="--resume"):
+        train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits)
+    resumed = train_vardrop(cfg, tmp_path / "half", resume=True, quiet=True, data=digits)
+    a, _, _ = load_vardrop(tmp_path / "full", data=digits)
+    b, _, _ = load_vardrop(tmp_path / "half", data=digits)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n  # Adam moments and every RNG restored
+    assert resumed["schemes"] == full["schemes"] and resumed["elbo"] == full["elbo"]
+    assert full["history"][0]["kl_weight"] == 1.0 and full["elbo"]["elbo"] < 0
+    for s in ("stochastic", "deterministic", "ensemble"):
+        assert set(full["schemes"][s]) >= {"accuracy", "nll", "ece"}
+
+    out = tmp_path / "all"
+    cfg = replace(cfg, epochs=1)
+    schemes = train_all(cfg, out, ("variance", "dropout"), quiet=True)
+    assert list(schemes) == ["variance", "dropout"]
+    assert read_json(out / "schemes.json") == read_json(out / "schemes.json")
+    assert (out / "schemes.md").read_text().count("\n| ") == 3 and (out / "log_alpha.png").stat().st_size > 0
+    # variance network, deterministic scheme: the same prediction for every input
+    m, _, _ = load_vardrop(out / "variance", data=digits)
+    with torch.no_grad(), prediction_mode(m, "mean"):
+        logits = m(digits.test.x[:20])
+    assert torch.allclose(logits, logits[:1].expand_as(logits))
+    # finished posteriors are skipped on a second call
+    before = (out / "dropout" / "model.safetensors").stat().st_mtime_ns
+    train_all(cfg, out, ("dropout",), quiet=True)
+    assert (out / "dropout" / "model.safetensors").stat().st_mtime_ns == before
+    assert list(read_json(out / "schemes.json")) == ["variance", "dropout"]
+
+
+def test_last_layer_posterior_and_the_variance_output_layer_limit():
+    torch.manual_seed(0)
+    base = build_model("mlp", (1, 8, 8), 10, {"widths": "16,16"})
+    net = to_variational(base, "variance", last_posterior="weight")
+    assert [m.posterior for _, m in variational_layers(net)] == ["variance", "variance", "weight"]
+    plain = to_variational(base, "variance", last_posterior="plain")
+    assert type(plain.net[-1]) is nn.Linear and len(variational_layers(plain)) == 2
+    with pytest.raises(LowlossError, match="last-layer"):
+        to_variational(base, "variance", last_posterior="bayes")
+    # a variance output layer gives logits symmetric around the bias: even with one class's variance
+    # dominating, that class is the argmax only about half of the time (never more)
+    layer = VariationalLinear(5, 4, posterior="variance").double()
+    with torch.no_grad():
+        layer.bias.zero_()
+        layer.log_sigma2.fill_(-10.0)
+        layer.log_sigma2[2] = 5.0
+        x = torch.ones(20_000, 5, dtype=torch.float64)
+        torch.manual_seed(3)
+        wins = (layer(x).argmax(-1) == 2).double().mean().item()
+    assert abs(wins - 0.5) < 0.02
