@@ -1,0 +1,156 @@
+"""Figures for simplexes and complexes: the dimensionality curve and the complex's structure."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from . import plt, save_figure
+
+
+def mds_layout(sq_dists: np.ndarray) -> np.ndarray:
+    """Classical multidimensional scaling: [n, n] squared distances -> [n, 2] coordinates.
+
+    Double-centred Gram matrix B = -J D J / 2, coordinates from its top two eigenpairs (distances between
+    the drawn points are the best rank-2 approximation of the true ones).
+    """
+    d = np.asarray(sq_dists, dtype=np.float64)
+    n = d.shape[0]
+    j = np.eye(n) - np.ones((n, n)) / n
+    b = -0.5 * j @ d @ j
+    w, v = np.linalg.eigh(b)
+    order = np.argsort(w)[::-1][:2]
+    xy = v[:, order] * np.sqrt(np.clip(w[order], 0, None))
+    if xy.shape[1] < 2:
+        xy = np.concatenate([xy, np.zeros((n, 2 - xy.shape[1]))], 1)
+    return xy
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (monotone chain) of a few 2-D points, in order."""
+    pts = sorted(map(tuple, points))
+    if len(pts) <= 2:
+        return np.array(pts)
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def plot_complex_structure(cplx, path, title: str = "simplicial complex"):
+    """Vertices laid out by MDS of their pairwise distances; simplexes filled, modes vs connectors marked."""
+    from ..subspaces.simplex import pairwise_sq_dists
+
+    with torch.no_grad():
+        d = pairwise_sq_dists(cplx.vertices()).cpu().numpy()
+        lvs = cplx.log_volumes().cpu().numpy()
+    xy = mds_layout(d)
+    # thin complexes (connectors near the segment between modes) would be invisible at equal scale:
+    # stretch the second axis then, and say so on the axis label
+    w1, w2 = np.ptp(xy[:, 0]), np.ptp(xy[:, 1])
+    stretch = 1.0
+    if w1 > 0 and 0 < w2 < 0.1 * w1:
+        stretch = 0.3 * w1 / w2
+        xy = xy * np.array([1.0, stretch])
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    colors = plt.cm.tab10(np.arange(len(cplx.simplexes)) % 10)
+    for s, c, lv in zip(cplx.simplexes, colors, lvs):
+        pts = xy[list(s)]
+        if len(s) >= 3:
+            h = _hull(pts)
+            ax.fill(h[:, 0], h[:, 1], color=c, alpha=0.18, lw=0,
+                    label=f"{len(s) - 1}-simplex {list(s)}: log vol {lv:.1f}")
+        for a, b in itertools.combinations(s, 2):
+            ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=c, lw=1.0, alpha=0.8)
+        if len(s) < 3:
+            ax.plot([], [], color=c, label=f"1-simplex {list(s)}: log length {lv:.1f}")
+    modes = [i for i, k in enumerate(cplx.kinds) if k == "mode"]
+    conns = [i for i, k in enumerate(cplx.kinds) if k != "mode"]
+    ax.scatter(xy[modes, 0], xy[modes, 1], marker="*", s=220, c="black", zorder=3, label="mode (fixed)")
+    if conns:
+        ax.scatter(xy[conns, 0], xy[conns, 1], marker="o", s=70, c="tab:red", edgecolors="black", zorder=3,
+                   label="connector (trained)")
+    for i, (x, y) in enumerate(xy):
+        ax.annotate(str(i), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=9)
+    ax.set_aspect("equal", "datalim")
+    ax.margins(0.15)
+    ax.set_xlabel("MDS axis 1 (parameter-space distance)")
+    ax.set_ylabel("MDS axis 2" + (f" (stretched x{stretch:.3g})" if stretch != 1.0 else ""))
+    ax.set_title(f"{title}\n(MDS of pairwise distances; diameter {math.sqrt(d.max()):.3g})", fontsize=10)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    return save_figure(fig, path)
+
+
+def plot_dimension(result: dict, path):
+    """log-volume of the two-mode complex and the sampled models' train accuracy against the number of connectors."""
+    n = result["connectors"]
+    lv = [v if v is not None and v > -1e300 else np.nan for v in result["log_volume"]]
+    acc = [100 * a for a in result["sample_train_accuracy"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, lv, "o-", color="tab:blue", label="log-volume of the complex")
+    ax.set_xlabel("number of connecting points")
+    ax.set_ylabel("log volume", color="tab:blue")
+    ax.set_xticks(n)
+    c = result.get("collapsed_at")
+    if c:
+        ax.axvline(c, color="tab:red", ls="--", lw=1, label=f"collapse at {c}")
+    ax2 = ax.twinx()
+    ax2.plot(n, acc, "s:", color="tab:green", label="sample train accuracy")
+    ax2.set_ylabel("sampled models' train accuracy (%)", color="tab:green")
+    lo = min(acc) if acc else 0
+    ax2.set_ylim(max(0, lo - 5), 100.5)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax.set_title("Dimensionality of the mode-connecting complex")
+    return save_figure(fig, path)
+
+
+def faces(simplexes) -> list[tuple[int, int, int]]:
+    """Every 2-face (triangle) of every simplex of a complex, once."""
+    out: list[tuple[int, int, int]] = []
+    for s in simplexes:
+        for f in itertools.combinations(sorted(s), 3):
+            if f not in out:
+                out.append(f)
+    return out
+
+
+def face_planes(simplex_dir, out_dir=None, *, grid: int = 11, metrics=("train_loss", "test_error"),
+                margin: float = 0.2, device=None, quiet: bool = False) -> list[dict]:
+    """The loss in the plane of each triangular face of a simplex, through the plane engine.
+
+    One plane per face in ``<out_dir>/face_<i>_<j>_<k>/`` (plane.npz, plane.json, plane_<metric>.png;
+    resumable like ``lowloss plane --simplex DIR --face i j k``, which it is).
+    """
+    from pathlib import Path
+
+    from ..methods import plane as PL
+    from ..methods.spro import load_complex
+    from .plane import plot_planes
+
+    simplex_dir = Path(simplex_dir)
+    out_dir = Path(out_dir) if out_dir is not None else simplex_dir / "faces"
+    cplx, _ = load_complex(simplex_dir, device=device)
+    cfg = PL.PlaneConfig(grid=grid, margin=margin, metrics=tuple(metrics))
+    results = []
+    for f in faces(cplx.simplexes):
+        d = out_dir / f"face_{f[0]}_{f[1]}_{f[2]}"
+        inputs = PL.inputs_from_simplex(simplex_dir, f, device=device)
+        info = PL.compute_plane(inputs, cfg, d, quiet=quiet)
+        plot_planes(d, list(metrics))
+        results.append({"face": list(f), "dir": str(d), "points": info.get("points")})
+    return results
