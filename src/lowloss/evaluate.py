@@ -8,13 +8,26 @@ for the call and restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from . import metrics as M
-from .params import Forward, functional_forward, has_batchnorm, recompute_bn
+from .params import (
+    Forward,
+    ParamLayout,
+    batchnorm_modules,
+    bn_statistics_mode,
+    buffers,
+    flatten,
+    fresh_bn_buffers,
+    functional_forward,
+    has_batchnorm,
+    recompute_bn,
+)
 
 EVAL_BATCH = 1024
 
@@ -73,47 +86,338 @@ def evaluate_vector(model: nn.Module, vector: torch.Tensor, data, *, bufs: Mappi
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The engine: many vectors at once
+# ----------------------------------------------------------------------------------------------------------
+
+_MAX_LOSS = -math.log(1e-12)  # the same clamp as metrics.nll: a probability below 1e-12 counts as 1e-12
+DEFAULT_CPU_BUDGET = 1 << 30  # bytes of intermediate activations one chunk may hold on the CPU
+MAX_CHUNK = 64  # vectors per vmapped call; beyond this the per-call overhead is already negligible
+_RESIDENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # split -> {(device, dtype): (x, y)}
+
+
+def _resident(split, device, dtype):
+    """The split's tensors on `device` (inputs cast to the vectors' float dtype), cached per split."""
+    cache = _RESIDENT.setdefault(split, {})
+    key = (str(device), dtype)
+    if key not in cache:
+        x = split.x.to(device)
+        if x.is_floating_point() and x.dtype != dtype:
+            x = x.to(dtype)
+        cache[key] = (x, split.y.to(device))
+    return cache[key]
+
+
+def _cast(x, dtype):
+    return x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() and x.dtype != dtype else x
+
+
+def _layout(x, channels_last: bool):
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def activation_bytes_per_example(model: nn.Module, example: torch.Tensor, forward: Forward | None = None) -> int:
+    """Bytes of all module outputs for one input example: what one vector costs per example in a pass."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            functional_forward(model, flatten(model).to(example), example[:1], forward=forward)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0] + example[:1].numel() * example.element_size(), 1)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """1 GiB on the CPU; half of the free memory on a GPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return DEFAULT_CPU_BUDGET
+
+
+def plan_chunks(num_vectors: int, num_examples: int, stats_batch: int, bytes_per_example: int, param_bytes: int,
+                memory_budget: int, max_chunk: int = MAX_CHUNK, eval_batch: int | None = None) -> tuple[int, int]:
+    """(vectors per chunk, examples per evaluation batch) that keep one chunk's activations in the budget.
+
+    A chunk of K vectors on a batch of B examples holds about K * (B * bytes_per_example + param_bytes).
+    The evaluation batch is the whole evaluation set when it fits (one pass, no per-batch overhead).
+    """
+    b = min(num_examples, eval_batch or num_examples)
+    b = max(b, 1)
+    widest = max(b, min(stats_batch, num_examples) if stats_batch else 0)
+    k = memory_budget // max(widest * bytes_per_example + param_bytes, 1)
+    if k < 1 and eval_batch is None:  # not even one vector on the whole set: shrink the evaluation batch
+        widest = max((memory_budget - param_bytes) // bytes_per_example, 32)
+        b = min(b, widest)
+        k = 1
+    k = int(max(1, min(k, max_chunk, num_vectors)))
+    chunks = math.ceil(num_vectors / k)
+    return math.ceil(num_vectors / chunks), int(b)
+
+
+class _Runner:
+    """Runs the module for a chunk of K vectors: one vmapped ``functional_call``, or a loop of calls.
+
+    Parameters are split into named views once per chunk (and, for NHWC convolutions, laid out once).
+    """
+
+    def __init__(self, model: nn.Module, vectors: torch.Tensor, forward: Forward | None, use_vmap: bool,
+                 channels_last: bool = False):
+        self.model, self.forward, self.use_vmap = model, forward, use_vmap
+        self.k = vectors.shape[0]
+        params = ParamLayout.of(model).unflatten(vectors)
+        if use_vmap:
+            self.params = params
+            self._vmapped = torch.func.vmap(self._call, in_dims=(0, 0, None, None), randomness="error")
+        else:
+            self.params = [{n: t[k] for n, t in params.items()} for k in range(self.k)]
+            if channels_last:  # oneDNN's fast convolutions want NHWC weights as well as NHWC inputs
+                self.params = [{n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                                for n, t in pk.items()} for pk in self.params]
+
+    def _call(self, params, batched_bufs, shared, x):
+        pb = {**shared, **batched_bufs, **params}
+        if self.forward is None:
+            return torch.func.functional_call(self.model, pb, (x,), strict=False)
+        from .params import _swap_tensors
+
+        with _swap_tensors(self.model, pb):
+            return self.forward(self.model, x)
+
+    def __call__(self, batched_bufs, shared, x):
+        """Outputs [K, B, ...]. `shared` holds per-vector copies (a list) in loop mode, one dict in vmap mode."""
+        if self.use_vmap:
+            return self._vmapped(self.params, batched_bufs, shared, x)
+        outs = []
+        for k, pk in enumerate(self.params):
+            bk = {n: t[k] for n, t in batched_bufs.items()}
+            outs.append(self._call(pk, bk, shared[k], x))
+        return torch.stack(outs)
+
+
+def choose_method(model: nn.Module, device: torch.device) -> str:
+    """What measured fastest: vmap everywhere on a GPU and for dense models on the CPU; on the CPU a loop of
+    large-batch NHWC calls for convolutional models (vmapped convolutions become grouped convolutions,
+    which oneDNN runs about 2x slower than one NHWC convolution per vector; see bench/plane.py)."""
+    if device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        return "loop"
+    return "vmap"
+
+
+def _bn_buffer_split(model: nn.Module, device, dtype, k: int, recompute: bool):
+    """(batched BN running statistics [K, ...], shared buffers) for a chunk of K vectors."""
+    if not recompute:
+        return {}, {n: _cast(b, dtype) if b.is_floating_point() else b for n, b in buffers(model).items()}
+    fresh = fresh_bn_buffers(model, device=device)
+    stat_names = set()
+    for name, m in batchnorm_modules(model):
+        pre = f"{name}." if name else ""
+        if m.running_mean is not None:
+            stat_names.update({pre + "running_mean", pre + "running_var"})
+    batched = {n: _cast(fresh[n], dtype).unsqueeze(0).repeat(k, *([1] * fresh[n].dim())) for n in stat_names}
+    shared = {n: b for n, b in fresh.items() if n not in stat_names}
+    return batched, shared
+
+
+class _Accumulator:
+    """Per-vector sums of loss and correct predictions per split, plus kept probabilities."""
+
+    def __init__(self, k: int, splits, keep_probs, regression: bool, device):
+        self.k, self.regression = k, regression
+        self.loss = {s: torch.zeros(k, dtype=torch.float64, device=device) for s in splits}
+        self.correct = {s: torch.zeros(k, dtype=torch.float64, device=device) for s in splits}
+        self.count = dict.fromkeys(splits, 0)
+        self.probs = {s: [] for s in keep_probs}
+        self.labels = {s: [] for s in splits}
+
+    def add(self, split: str, out: torch.Tensor, y: torch.Tensor):
+        """out [K, B, C] (or [K, B, ...] for regression), y [B]."""
+        self.count[split] += y.shape[0]
+        self.labels[split].append(y)
+        if self.regression:
+            err = (out.double() - y.double().reshape(1, *y.shape)) ** 2
+            self.loss[split] += err.reshape(self.k, -1).sum(1) / max(math.prod(y.shape[1:]), 1)
+            return
+        logp = torch.log_softmax(out.double(), -1)
+        true = logp.gather(-1, y.long().reshape(1, -1, 1).expand(self.k, -1, 1)).squeeze(-1)
+        self.loss[split] += (-true).clamp(max=_MAX_LOSS).sum(1)
+        self.correct[split] += (out.argmax(-1) == y.reshape(1, -1)).double().sum(1)
+        if split in self.probs:
+            self.probs[split].append(logp.exp())
+
+
+@torch.no_grad()
 def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("train", "test"),
                      recompute: bool | None = None, bn_subset: int | None = None, batch_size: int = EVAL_BATCH,
                      calibration: bool = False, return_probs: tuple[str, ...] = (), forward: Forward | None = None,
-                     quiet: bool = True) -> dict:
+                     quiet: bool = True, memory_budget: int | None = None, chunk_size: int | None = None,
+                     eval_batch: int | None = None, method: str = "auto", channels_last: bool | None = None) -> dict:
     """Metrics of many parameter vectors (shape [K, P]) on the given splits: the shared evaluation engine.
 
     Returns ``{"<split>_loss": [K], "<split>_error": [K]}`` (float64 tensors; error as a fraction), plus
     ``<split>_nll/_ece/_brier`` when `calibration`, and ``probs[<split>]`` ([K, N, C]) for splits in
     `return_probs`, and ``labels[<split>]``. BN statistics are recomputed per vector on the training data
     (or a fixed subset of `bn_subset` examples) when the model has BatchNorm (`recompute=None` means
-    "if it has BN").
-    """
-    from .utils import progress
+    "if it has BN"), exactly as :func:`bn_buffers_for` does: one pass in batches of `batch_size`,
+    cumulative average. Losses are the mean NLL of the true class (probabilities clamped at 1e-12 as in
+    :func:`lowloss.metrics.nll`); for regression data, the mean squared error (and error NaN).
 
-    vectors = vectors.reshape(-1, vectors.shape[-1])
-    k = vectors.shape[0]
+    How it is fast (the results do not depend on any of this):
+
+    * the module is never copied: vectors are split into named views and run with ``functional_call``;
+    * resident data lives on the vectors' device (cached per split); a model without BatchNorm is
+      evaluated in ONE pass over train and test concatenated; with BatchNorm, one statistics pass over
+      the training data and one evaluation pass (the statistics must be complete before evaluating);
+    * chunks of vectors run at once through ``torch.func.vmap`` (BN statistics batched per vector), on
+      evaluation batches as large as `memory_budget` (bytes; default 1 GiB on CPU, half the free GPU
+      memory) allows; `chunk_size` / `eval_batch` override the plan;
+    * `method`: ``"auto"`` (:func:`choose_method`: what measured fastest for the model and device; a model
+      that cannot be vmapped falls back to the loop transparently), ``"vmap"`` or ``"loop"``;
+    * `channels_last` (default: on the CPU for 4-D inputs in loop mode): NHWC inputs and convolution
+      weights, which oneDNN convolves about twice as fast.
+
+    ``out["engine"]`` records what ran.
+    """
+    from .utils import LowlossError, progress
+
+    if method not in ("auto", "vmap", "loop"):
+        raise LowlossError(f"evaluate_vectors method '{method}' is not auto, vmap or loop")
+    vectors = vectors.detach().reshape(-1, vectors.shape[-1])
+    num = vectors.shape[0]
+    device, dtype = vectors.device, vectors.dtype
+    auto = method == "auto"
+    if auto:
+        method = choose_method(model, device)
     if recompute is None:
         recompute = has_batchnorm(model)
+    recompute = bool(recompute) and has_batchnorm(model)
+    regression = getattr(data, "task", "classification") == "regression"
+    splits = tuple(splits)
+    bn_split = None
+    if recompute:
+        bn_split = data.train.subset(bn_subset) if bn_subset else data.train
+
+    # the evaluation set: resident splits concatenated once (one pass), others streamed split by split
+    resident = all(hasattr(getattr(data, s), "x") for s in splits)
+    if resident and splits:
+        parts = [_resident(getattr(data, s), device, dtype) for s in splits]
+        xs = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+        ys = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        bounds = [0]
+        for p in parts:
+            bounds.append(bounds[-1] + len(p[1]))
+        n_eval = len(ys)
+        example = xs[:1]
+    else:
+        n_eval = sum(len(getattr(data, s)) for s in splits)
+        example = _cast(next(iter(getattr(data, splits[0]).batches(1, device=device)))[0], dtype)
+    bn_resident = bn_split is not None and hasattr(bn_split, "x")
+    if bn_resident:
+        bn_x = _resident(bn_split, device, dtype)[0]
+    if channels_last is None:
+        channels_last = device.type == "cpu" and example.dim() == 4 and method == "loop"
+    channels_last = bool(channels_last) and example.dim() == 4
+    if channels_last and resident and splits:
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    if channels_last and bn_resident:
+        bn_x = bn_x.contiguous(memory_format=torch.channels_last)
+
+    budget = int(memory_budget) if memory_budget else default_memory_budget(device)
+    per_ex = activation_bytes_per_example(model, example, forward)
+    k_chunk, b_eval = plan_chunks(num if method == "vmap" else 1, n_eval, batch_size if recompute else 0, per_ex,
+                                  vectors.shape[1] * vectors.element_size(), budget, eval_batch=eval_batch)
+    if method == "loop":  # one vector's activations live at a time: chunks only amortise data passes
+        k_chunk = min(num, MAX_CHUNK)
+    if chunk_size:
+        k_chunk = max(1, min(int(chunk_size), num))
+    if not resident:
+        b_eval = eval_batch or batch_size
+
     out: dict = {"probs": {}, "labels": {}}
+    keep = tuple(s for s in splits if s in return_probs or calibration)
+    use_vmap = method == "vmap"
+    fell_back = None
+    results = []
+    bar = progress(total=num, desc="evaluate", quiet=quiet, unit="vec")
+    start = 0
+    while start < num:
+        stop = min(start + k_chunk, num)
+        chunk = vectors[start:stop]
+        try:
+            results.append(_evaluate_chunk(model, chunk, data, splits, keep, regression, forward, use_vmap,
+                                           recompute, bn_split, bn_x if bn_resident else None, batch_size,
+                                           (xs, ys, bounds) if resident and splits else None, b_eval,
+                                           channels_last and not use_vmap))
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+            if not use_vmap or results or not auto:
+                raise
+            fell_back = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            use_vmap = False
+            continue
+        bar.update(stop - start)
+        start = stop
+    bar.close()
+
     for s in splits:
-        out[f"{s}_loss"] = torch.zeros(k, dtype=torch.float64)
-        out[f"{s}_error"] = torch.zeros(k, dtype=torch.float64)
-        if calibration:
-            for m in ("nll", "ece", "brier"):
-                out[f"{s}_{m}"] = torch.zeros(k, dtype=torch.float64)
-    probs_keep = {s: [] for s in return_probs}
-    for i in progress(range(k), desc="evaluate", quiet=quiet, unit="vec"):
-        v = vectors[i]
-        bufs = bn_buffers_for(model, v, data.train, batch_size=batch_size, bn_subset=bn_subset,
-                              forward=forward) if recompute else None
-        for s in splits:
-            probs, y = predict_probs(model, v, getattr(data, s), bufs=bufs, batch_size=batch_size, forward=forward)
-            out[f"{s}_loss"][i] = M.nll(probs, y)
-            out[f"{s}_error"][i] = 1.0 - M.accuracy(probs, y)
+        out[f"{s}_loss"] = torch.cat([r.loss[s] for r in results]).cpu() / max(results[0].count[s], 1)
+        if regression:
+            out[f"{s}_error"] = torch.full((num,), float("nan"), dtype=torch.float64)
+        else:
+            out[f"{s}_error"] = 1.0 - torch.cat([r.correct[s] for r in results]).cpu() / max(results[0].count[s], 1)
+        labels = torch.cat(results[0].labels[s]).cpu()
+        out["labels"][s] = labels
+        if s in keep:
+            probs = torch.cat([torch.cat(r.probs[s], 1) for r in results]).cpu()
             if calibration:
-                out[f"{s}_nll"][i] = out[f"{s}_loss"][i]
-                out[f"{s}_ece"][i] = M.ece(probs, y)
-                out[f"{s}_brier"][i] = M.brier(probs, y)
-            if s in probs_keep:
-                probs_keep[s].append(probs.float().cpu())
-            out["labels"][s] = y.cpu()
-    for s, lst in probs_keep.items():
-        out["probs"][s] = torch.stack(lst)
+                out[f"{s}_nll"] = out[f"{s}_loss"].clone()
+                out[f"{s}_ece"] = torch.tensor([M.ece(p, labels) for p in probs], dtype=torch.float64)
+                out[f"{s}_brier"] = torch.tensor([M.brier(p, labels) for p in probs], dtype=torch.float64)
+            if s in return_probs:
+                out["probs"][s] = probs.float()
+    out["engine"] = {"method": "vmap" if use_vmap else "loop", "chunk_size": k_chunk, "eval_batch": b_eval,
+                     "passes": int(recompute) + (1 if resident else len(splits)), "channels_last": channels_last,
+                     "bn_recomputed": recompute, "bn_subset": bn_subset if recompute else None,
+                     "bn_batch_size": batch_size if recompute else None, "memory_budget": budget,
+                     "device": str(device), "vmap_fallback": fell_back}
     return out
+
+
+def _evaluate_chunk(model, chunk, data, splits, keep, regression, forward, use_vmap, recompute, bn_split, bn_x,
+                    batch_size, resident, b_eval, channels_last) -> _Accumulator:
+    k = chunk.shape[0]
+    device, dtype = chunk.device, chunk.dtype
+    runner = _Runner(model, chunk, forward, use_vmap, channels_last)
+    batched, shared = _bn_buffer_split(model, device, dtype, k, recompute)
+    if not use_vmap:  # each vector counts its own BN batches
+        shared = [{n: b.clone() for n, b in shared.items()} for _ in range(k)]
+    if recompute:
+        with bn_statistics_mode(model):
+            if bn_x is not None:
+                for i in range(0, len(bn_x), batch_size):
+                    runner(batched, shared, bn_x[i:i + batch_size])
+            else:
+                for x, _y in bn_split.batches(batch_size, device=device):
+                    runner(batched, shared, _layout(_cast(x, dtype), channels_last))
+    acc = _Accumulator(k, splits, keep, regression, device)
+    with eval_mode(model):
+        if resident is not None:
+            xs, ys, bounds = resident
+            for i in range(0, len(ys), b_eval):
+                j = min(i + b_eval, len(ys))
+                outb = runner(batched, shared, xs[i:j])
+                for s, lo, hi in zip(splits, bounds[:-1], bounds[1:]):
+                    a, b = max(lo, i), min(hi, j)
+                    if a < b:
+                        acc.add(s, outb[:, a - i:b - i], ys[a:b])
+        else:
+            for s in splits:
+                for x, y in getattr(data, s).batches(b_eval, device=device):
+                    acc.add(s, runner(batched, shared, _layout(_cast(x, dtype), channels_last)), y)
+    return acc

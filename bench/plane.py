@@ -1,0 +1,164 @@
+"""Benchmark of the evaluation engine (lowloss.evaluate.evaluate_vectors) and of `lowloss plane`.
+
+Measured in ONE run on the same machine:
+  * float32 matmul FLOP/s (torch.mm, 2048 x 2048): the physical reference;
+  * points/s of the plain loop as the reference code does it: per point, deep-copy the module, write the
+    vector with vector_to_parameters, recompute BN (train mode, cumulative average, batches of 128),
+    evaluate train then test with batches of 128;
+  * points/s of the engine on the same kind of points, and its achieved FLOP/s (FLOPs counted with
+    torch.utils.flop_counter over the passes it makes) as a fraction of the matmul's;
+  * agreement of the two on shared points (max |difference| of the four metrics);
+  * wall time of `lowloss plane` through three digits mlp modes at --grid 201 (modes trained here).
+
+Usage: python bench/plane.py [--threads 2] [--grid 201] [--skip-plane] [--out /tmp/lowloss-bench-plane]
+The machine may be shared: the load average is printed before and after; compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lowloss import params as P
+from lowloss.data import load_dataset
+from lowloss.evaluate import evaluate_vectors
+from lowloss.models import build_model
+
+
+def best_time(f, reps: int = 3) -> float:
+    f()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_flops(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_time(lambda: a @ b, 5)
+
+
+@torch.no_grad()
+def plain_loop(model, vector, data, batch_size: int = 128) -> list[float]:
+    """The obvious loop (as the reference implementations evaluate a point)."""
+    m = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(vector, [p for p in m.parameters() if p.requires_grad])
+    if P.has_batchnorm(m):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.reset_running_stats()
+                mod.momentum = None
+        m.train()
+        for x, _ in data.train.batches(batch_size):
+            m(x)
+    m.eval()
+    out = []
+    for split in (data.train, data.test):
+        loss, wrong, n = 0.0, 0, 0
+        for x, y in split.batches(batch_size):
+            logits = m(x)
+            loss += torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum").item()
+            wrong += (logits.argmax(-1) != y).sum().item()
+            n += len(y)
+        out += [loss / n, wrong / n]
+    return out
+
+
+def flops_per_point(model, data) -> float:
+    """FLOPs of the passes one point costs: [BN statistics over train] + one evaluation of train + test."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.cat([data.train.x, data.test.x])
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.eval()
+        model(x)
+        if P.has_batchnorm(model):
+            model(data.train.x)
+    return float(fc.get_total_flops())
+
+
+def bench_model(name: str, data, n_plain: int, n_engine: int, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    model = build_model(name, data.input_shape, data.num_classes)
+    w = P.flatten(model)
+    g = torch.Generator().manual_seed(seed)
+    V = w + 0.01 * torch.randn(n_engine, w.numel(), generator=g)
+    plain_s = best_time(lambda: [plain_loop(model, v, data) for v in V[:n_plain]], 2) / n_plain
+    evaluate_vectors(model, V[:2], data)  # warm-up (allocations, oneDNN primitive caches)
+    res = {}
+
+    def run():
+        res["r"] = evaluate_vectors(model, V, data)
+
+    engine_s = best_time(run, 2) / n_engine
+    # agreement on shared points; the engine with the plain loop's BN batches must agree to float32 rounding
+    same = evaluate_vectors(model, V[:2], data, batch_size=128)
+    ref = torch.tensor([plain_loop(model, v, data) for v in V[:2]], dtype=torch.float64)
+    eng = torch.stack([same["train_loss"], same["train_error"], same["test_loss"], same["test_error"]], 1)
+    return {"model": name, "params": w.numel(), "plain_pts_s": 1 / plain_s, "engine_pts_s": 1 / engine_s,
+            "speedup": plain_s / engine_s, "flops_per_point": flops_per_point(model, data),
+            "engine": res["r"]["engine"], "max_abs_diff": float((eng - ref).abs().max())}
+
+
+def bench_plane(out: Path, grid: int) -> dict:
+    from lowloss.methods.plane import PlaneConfig, compute_plane, inputs_from_runs
+    from lowloss.runs import TrainConfig, train_mode
+
+    runs = []
+    for s in range(3):
+        d = out / f"mlp{s}"
+        train_mode(TrainConfig(model="mlp", seed=s, device="cpu"), d, quiet=True)
+        runs.append(str(d))
+    pdir = out / f"plane{grid}"
+    t = time.perf_counter()
+    inputs = inputs_from_runs(runs, device="cpu")
+    info = compute_plane(inputs, PlaneConfig(grid=grid), pdir, quiet=True, fresh=True)
+    from lowloss.plots.plane import plot_planes
+
+    plot_planes(pdir)
+    return {"grid": grid, "seconds": time.perf_counter() - t, "compute_seconds": info["timing"]["seconds"],
+            "points_per_second": info["timing"]["points_per_second"], "dir": str(pdir)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grid", type=int, default=201)
+    ap.add_argument("--skip-plane", action="store_true")
+    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "lowloss-bench-plane"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()
+    data = load_dataset("digits")
+    mm = matmul_flops()
+    print(f"threads {args.threads}; load average at start {load0[0]:.2f} (the machine may be shared)")
+    print(f"float32 matmul (torch.mm 2048^2): {mm / 1e9:.1f} GFLOP/s")
+    rows = [bench_model("mlp", data, n_plain=8, n_engine=64), bench_model("convnet", data, n_plain=3, n_engine=8)]
+    mm2 = matmul_flops()
+    ref = max(mm, mm2)
+    print(f"float32 matmul again after the models: {mm2 / 1e9:.1f} GFLOP/s (reference: the larger)")
+    print(f"{'model':<8} {'params':>8} {'plain pts/s':>12} {'engine pts/s':>13} {'speedup':>8} "
+          f"{'engine GFLOP/s':>15} {'of matmul':>10} {'max|diff|':>10}  plan")
+    for r in rows:
+        gf = r["flops_per_point"] * r["engine_pts_s"]
+        e = r["engine"]
+        print(f"{r['model']:<8} {r['params']:>8} {r['plain_pts_s']:>12.2f} {r['engine_pts_s']:>13.2f} "
+              f"{r['speedup']:>7.2f}x {gf / 1e9:>15.1f} {gf / ref:>10.2f} {r['max_abs_diff']:>10.2e}  "
+              f"{e['method']} chunk={e['chunk_size']} batch={e['eval_batch']} passes={e['passes']}")
+    if not args.skip_plane:
+        p = bench_plane(Path(args.out), args.grid)
+        print(f"lowloss plane, three digits mlp modes, --grid {p['grid']}: {p['seconds']:.1f}s end to end "
+              f"({p['compute_seconds']:.1f}s grid, {p['points_per_second']:.0f} points/s); figures in {p['dir']}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The evaluation engine equals the plain per-vector loop, whatever the chunking, method or device plan."""
+
+import pytest
+import torch
+
+from lowloss import params as P
+from lowloss.data import Dataset, TensorSplit
+from lowloss.evaluate import evaluate_vectors, plan_chunks
+
+
+def _small(digits, n_train=160, n_test=60) -> Dataset:
+    """A float64 copy of a slice of digits (fast, and exact comparisons)."""
+    tr, te = digits.train, digits.test
+    return Dataset("digits-small", TensorSplit(tr.x[:n_train].double(), tr.y[:n_train]),
+                   TensorSplit(te.x[:n_test].double(), te.y[:n_test]), digits.input_shape, 10)
+
+
+class SmallConvBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(torch.nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+def plain_loop(model, vectors, data, batch_size, bn_subset=None):
+    """The obvious reference in float64: per vector, recompute BN (cumulative average over batches of
+    `batch_size`), then the mean NLL and error of each split, one example at a time in spirit."""
+    rows = []
+    for v in vectors:
+        bufs = None
+        if P.has_batchnorm(model):
+            split = data.train.subset(bn_subset) if bn_subset else data.train
+            bufs = P.recompute_bn(model, v, split.batches(batch_size))
+        row = []
+        was = model.training
+        model.eval()
+        for s in ("train", "test"):
+            sp = getattr(data, s)
+            with torch.no_grad():
+                logits = P.functional_forward(model, v, sp.x, bufs)
+            logp = torch.log_softmax(logits.double(), -1)
+            row += [-logp.gather(1, sp.y[:, None]).mean().item(), (logits.argmax(-1) != sp.y).double().mean().item()]
+        model.train(was)
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _engine_table(res):
+    return torch.stack([res["train_loss"], res["train_error"], res["test_loss"], res["test_error"]], 1)
+
+
+def _vectors(model, k, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = P.flatten(model)
+    return v + scale * torch.randn(k, v.numel(), generator=g, dtype=v.dtype)
+
+
+@pytest.mark.parametrize("method", ["auto", "loop"])
+def test_engine_equals_plain_loop_without_bn(digits, method):
+    torch.manual_seed(0)
+    from lowloss.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, {"widths": "32,32"}).double()
+    data = _small(digits)
+    V = _vectors(model, 5, 0.1)
+    res = evaluate_vectors(model, V, data, method=method)
+    assert res["engine"]["bn_recomputed"] is False
+    assert res["engine"]["passes"] == 1  # train and test in one pass
+    torch.testing.assert_close(_engine_table(res), plain_loop(model, V, data, 64), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,batch_size", [("vmap", 32), ("loop", 1000), ("vmap", 1000)])
+def test_engine_equals_plain_loop_with_bn(digits, method, batch_size):
+    torch.manual_seed(0)
+    model = SmallConvBN().double()
+    data = _small(digits)
+    V = _vectors(model, 4, 0.2)
+    res = evaluate_vectors(model, V, data, method=method, batch_size=batch_size)
+    assert res["engine"]["bn_recomputed"] is True and res["engine"]["method"] == method
+    torch.testing.assert_close(_engine_table(res), plain_loop(model, V, data, batch_size), rtol=1e-10, atol=1e-12)
+    # the user's module is untouched: its running statistics are still the initial ones
+    assert torch.equal(model.bn.running_mean, torch.zeros(4, dtype=torch.float64))
+
+
+def test_bn_subset_is_recorded_and_used(digits, tiny_bn):
+    model = tiny_bn.double()
+    data = _small(digits)
+    V = _vectors(model, 3, 0.3)
+    res = evaluate_vectors(model, V, data, bn_subset=50, batch_size=16)
+    assert res["engine"]["bn_subset"] == 50
+    torch.testing.assert_close(_engine_table(res), plain_loop(model, V, data, 16, bn_subset=50),
+                               rtol=1e-10, atol=1e-12)
+    full = evaluate_vectors(model, V, data, batch_size=16)
+    assert not torch.allclose(full["train_loss"], res["train_loss"])
+
+
+@pytest.mark.parametrize("chunk,eval_batch", [(1, None), (2, 7), (None, 1)])
+def test_chunking_invariance(digits, tiny_bn, chunk, eval_batch):
+    model = tiny_bn.double()
+    data = _small(digits)
+    V = _vectors(model, 5, 0.3)
+    ref = evaluate_vectors(model, V, data, batch_size=40)
+    res = evaluate_vectors(model, V, data, batch_size=40, chunk_size=chunk, eval_batch=eval_batch,
+                           memory_budget=10_000 if chunk is None else None)
+    torch.testing.assert_close(_engine_table(res), _engine_table(ref), rtol=1e-12, atol=1e-13)
+
+
+def test_calibration_probs_and_labels_match_metrics(digits, tiny_bn):
+    from lowloss import metrics as M
+    from lowloss.evaluate import bn_buffers_for, predict_probs
+
+    model = tiny_bn.double()
+    data = _small(digits)
+    V = _vectors(model, 3, 0.2)
+    res = evaluate_vectors(model, V, data, calibration=True, return_probs=("test",), batch_size=64)
+    assert res["probs"]["test"].shape == (3, 60, 10)
+    assert torch.equal(res["labels"]["test"], data.test.y)
+    for i, v in enumerate(V):
+        bufs = bn_buffers_for(model, v, data.train, batch_size=64)
+        p, y = predict_probs(model, v, data.test, bufs=bufs)
+        assert res["test_ece"][i].item() == pytest.approx(M.ece(p, y), abs=1e-6)
+        assert res["test_brier"][i].item() == pytest.approx(M.brier(p, y), abs=1e-6)
+        torch.testing.assert_close(res["probs"]["test"][i].double(), p, rtol=0, atol=1e-6)
+
+
+def test_unvmappable_model_falls_back_to_loop(digits):
+    class ItemModel(torch.nn.Module):  # .item() inside forward cannot be vmapped
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            scale = float(self.fc.weight.abs().max().item()) > -1
+            return self.fc(x.flatten(1)) * scale
+
+    model = ItemModel().double()
+    data = _small(digits)
+    V = _vectors(model, 3, 0.1)
+    res = evaluate_vectors(model, V, data, method="auto")
+    assert res["engine"]["method"] == "loop" and res["engine"]["vmap_fallback"]
+    torch.testing.assert_close(_engine_table(res), plain_loop(model, V, data, 64), rtol=1e-10, atol=1e-12)
+
+
+def test_plan_chunks_respects_budget():
+    k, b = plan_chunks(100, 1000, 0, bytes_per_example=1000, param_bytes=0, memory_budget=10_000_000)
+    assert (k, b) == (10, 1000)
+    k, b = plan_chunks(100, 1000, 0, bytes_per_example=1000, param_bytes=0, memory_budget=100_000)
+    assert k == 1 and b == 100
+    k, _ = plan_chunks(7, 10, 0, bytes_per_example=1, param_bytes=0, memory_budget=1 << 30)
+    assert k == 7
+
+
+def test_custom_forward_and_random_model(digits):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).double()
+    data = _small(digits)
+    V = _vectors(model, 3, 0.1)
+
+    def forward(m, x):
+        return m(x) * 2.0
+
+    res = evaluate_vectors(model, V, data, forward=forward)
+    assert res["engine"]["method"] == "vmap"
+    scaled = plain_loop(torch.nn.Sequential(model, _Scale(2.0)), V, data, 64)
+    torch.testing.assert_close(_engine_table(res), scaled, rtol=1e-10, atol=1e-12)
+
+    class Noisy(torch.nn.Module):  # random inside forward: vmap refuses, the loop draws per vector
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) + torch.randn(len(x), 10, dtype=x.dtype)
+
+    noisy = Noisy().double()
+    W = _vectors(noisy, 1, 0.0).expand(3, -1)
+    out = evaluate_vectors(noisy, W, data)
+    assert out["engine"]["method"] == "loop" and "random" in out["engine"]["vmap_fallback"].lower()
+    assert len(set(out["test_loss"].tolist())) == 3  # independent draws per vector
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, s):
+        super().__init__()
+        self.s = s
+
+    def forward(self, x):
+        return x * self.s
