@@ -141,7 +141,7 @@ def test_unvmappable_model_falls_back_to_loop(digits):
     model = ItemModel().double()
     data = _small(digits)
     V = _vectors(model, 3, 0.1)
-    res = evaluate_vectors(model, V, data, method="auto")
+    res = evaluate_vectors(model, V, data, method="vmap")
     assert res["engine"]["method"] == "loop" and res["engine"]["vmap_fallback"]
     torch.testing.assert_close(_engine_table(res), plain_loop(model, V, data, 64), rtol=1e-10, atol=1e-12)
 
@@ -164,7 +164,7 @@ def test_custom_forward_and_random_model(digits):
     def forward(m, x):
         return m(x) * 2.0
 
-    res = evaluate_vectors(model, V, data, forward=forward)
+    res = evaluate_vectors(model, V, data, forward=forward, method="vmap")
     assert res["engine"]["method"] == "vmap"
     scaled = plain_loop(torch.nn.Sequential(model, _Scale(2.0)), V, data, 64)
     torch.testing.assert_close(_engine_table(res), scaled, rtol=1e-10, atol=1e-12)
@@ -179,7 +179,7 @@ def test_custom_forward_and_random_model(digits):
 
     noisy = Noisy().double()
     W = _vectors(noisy, 1, 0.0).expand(3, -1)
-    out = evaluate_vectors(noisy, W, data)
+    out = evaluate_vectors(noisy, W, data, method="vmap")
     assert out["engine"]["method"] == "loop" and "random" in out["engine"]["vmap_fallback"].lower()
     assert len(set(out["test_loss"].tolist())) == 3  # independent draws per vector
 

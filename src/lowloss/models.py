@@ -30,7 +30,7 @@ def _out_shape(module: nn.Module, input_shape: Sequence[int]) -> torch.Size:
 class MLP(nn.Module):
     """Fully connected ReLU network; flattens any input shape."""
 
-    def __init__(self, input_shape, num_classes, widths: Sequence[int] = (256, 256), bn: bool = False,
+    def __init__(self, input_shape, num_classes, widths: Sequence[int] = (128, 128), bn: bool = False,
                  dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -208,7 +208,7 @@ class WideResNet(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
-def _mlp(s, k, widths="256,256", **o):
+def _mlp(s, k, widths="128,128", **o):
     if isinstance(widths, (int, float)):
         widths = [int(widths)]
     elif isinstance(widths, str):

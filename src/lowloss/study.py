@@ -20,28 +20,47 @@ from .utils import LowlossError, echo, read_json, versions, write_json
 STAGE_FILE = "stage.json"
 
 
+# every size knob of the study, per preset: "full" (under 30 min on 2 CPU cores for digits), "quick" (under 5),
+# "tiny" (seconds; for tests of the pipeline only, numbers meaningless)
+SIZES: dict[str, dict] = {
+    "full": dict(mode_epochs=20, curve_epochs=20, grid=41, bn_subset=None, budget_seeds=3, swag_epochs=10,
+                 espro_epochs=10, members=25, complex_epochs=8, dim_connectors=12, dim_epochs=5,
+                 corruptions="all", shift_samples=30, vardrop_epochs=300, cswag_epochs=5, cswag_samples=10,
+                 regression=[], spirals=[], budget=[]),
+    "quick": dict(mode_epochs=12, curve_epochs=10, grid=15, bn_subset=512, budget_seeds=2, swag_epochs=5,
+                  espro_epochs=3, members=10, complex_epochs=3, dim_connectors=5, dim_epochs=2,
+                  corruptions="gaussian_noise", shift_samples=10, vardrop_epochs=60, cswag_epochs=3,
+                  cswag_samples=5, regression=["--modes", 3, "--espro-modes", 2, "--epochs", 1000],
+                  spirals=["--epochs", 1000, "--vertex-epochs", 60, "--grid", 100, "--members", 20], budget=[]),
+    "tiny": dict(mode_epochs=4, curve_epochs=1, grid=4, bn_subset=128, budget_seeds=1, swag_epochs=1,
+                 espro_epochs=1, members=2, complex_epochs=1, dim_connectors=2, dim_epochs=1,
+                 corruptions="gaussian_noise", shift_samples=2, vardrop_epochs=1, cswag_epochs=1, cswag_samples=2,
+                 regression=["--modes", 2, "--espro-modes", 1, "--epochs", 20, "--vertex-epochs", 2,
+                             "--swag-epochs", 2, "--samples", 3],
+                 spirals=["--epochs", 20, "--vertex-epochs", 1, "--grid", 20, "--members", 3, "--shown", 3],
+                 budget=["--members-per-budget", 1, "--samples", 2]),
+}
+
+
 @dataclass
 class Settings:
     data: str = "digits"
     model: str = "convnet"
     device: str = "auto"
     seed: int = 0
-    quick: bool = False
+    size: str = "full"
     data_dir: str | None = None
     quiet: bool = False
 
-    # sizes of each stage (quick vs full)
-    @property
-    def mode_epochs(self) -> int:
-        return 12 if self.quick else 20
+    def __getattr__(self, name):  # size knobs: settings.mode_epochs, settings.grid, ...
+        sizes = SIZES[self.__dict__.get("size", "full")]
+        if name in sizes:
+            return sizes[name]
+        raise AttributeError(name)
 
     @property
-    def curve_epochs(self) -> int:
-        return 10 if self.quick else 30
-
-    @property
-    def grid(self) -> int:
-        return 21 if self.quick else 41
+    def quick(self) -> bool:
+        return self.size != "full"
 
     @property
     def seeds(self) -> list[int]:
@@ -70,6 +89,10 @@ class Stage:
 def _common(s: Settings) -> list[str]:
     out = ["--device", s.device]
     return out
+
+
+def _bn(s: Settings) -> list:
+    return ["--bn-subset", s.bn_subset] if s.bn_subset else []
 
 
 def _data_args(s: Settings) -> list[str]:
@@ -101,11 +124,11 @@ def _stage_connect(kind: str):
 
 
 def _stage_plane_modes(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["plane", *mode_dirs(study, s), "--grid", s.grid, "--out", d, *_common(s)], s.quiet)
+    run_cli(["plane", *mode_dirs(study, s), "--grid", s.grid, *_bn(s), "--out", d, *_common(s)], s.quiet)
 
 
 def _stage_plane_curve(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["plane", "--curve", study / "connect_bezier", "--grid", s.grid, "--out", d, *_common(s)], s.quiet)
+    run_cli(["plane", "--curve", study / "connect_bezier", "--grid", s.grid, *_bn(s), "--out", d, *_common(s)], s.quiet)
 
 
 def _resume(d: Path) -> list[str]:
@@ -114,30 +137,30 @@ def _resume(d: Path) -> list[str]:
 
 
 def _stage_budget(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["budget", *_data_args(s), "--model", s.model, "--budgets", 1, "--seeds", 2 if s.quick else 3,
+    run_cli(["budget", *_data_args(s), "--model", s.model, "--budgets", 1, "--seeds", s.budget_seeds, *s.budget,
              "--epochs", s.mode_epochs, "--seed", s.seed, "--out", d, *_common(s)], s.quiet)
 
 
 def _stage_swag(d: Path, s: Settings, study: Path) -> None:
     for k, m in zip(s.seeds, mode_dirs(study, s)):
         sub = d / f"seed{k}"
-        run_cli(["swag", m, "--epochs", 5 if s.quick else 10, "--seed", k, "--out", sub, *_resume(sub),
+        run_cli(["swag", m, "--epochs", s.swag_epochs, "--seed", k, "--out", sub, *_resume(sub),
                  *_common(s)], s.quiet)
 
 
 def _stage_espro(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["espro", *mode_dirs(study, s), "--vertices", 3, "--epochs-per-vertex", 3 if s.quick else 10,
-             "--members", 10 if s.quick else 25, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
+    run_cli(["espro", *mode_dirs(study, s), "--vertices", 3, "--epochs-per-vertex", s.espro_epochs,
+             "--members", s.members, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
 
 
 def _stage_complex(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["complex", *mode_dirs(study, s)[:2], "--connectors", 2, "--epochs-per-vertex", 3 if s.quick else 8,
+    run_cli(["complex", *mode_dirs(study, s)[:2], "--connectors", 2, "--epochs-per-vertex", s.complex_epochs,
              "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
 
 
 def _stage_dimension(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["dimension", *mode_dirs(study, s)[:2], "--max-connectors", 5 if s.quick else 12,
-             "--epochs-per-vertex", 2 if s.quick else 5, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)],
+    run_cli(["dimension", *mode_dirs(study, s)[:2], "--max-connectors", s.dim_connectors,
+             "--epochs-per-vertex", s.dim_epochs, "--seed", s.seed, "--out", d, *_resume(d), *_common(s)],
             s.quiet)
 
 
@@ -152,8 +175,8 @@ def _stage_shift(d: Path, s: Settings, study: Path) -> None:
     if (study / "swag" / STAGE_FILE).exists():
         extra += [a for m in mode_dirs(study, s) for a in ("--swag", study / "swag" / m.name)]
     run_cli(["shift", *mode_dirs(study, s), *extra, "--corruptions",
-             "gaussian_noise" if s.quick else "all", "--severities", "1-5",
-             "--samples", 10 if s.quick else 30, "--out", d, *_common(s)], s.quiet)
+             s.corruptions, "--severities", "1-5",
+             "--samples", s.shift_samples, "--out", d, *_common(s)], s.quiet)
 
 
 def _stage_vardrop(d: Path, s: Settings, study: Path) -> None:
@@ -161,23 +184,23 @@ def _stage_vardrop(d: Path, s: Settings, study: Path) -> None:
     # Adam at lr 1e-2 gets furthest towards the variance-network phenomenon in a few minutes of CPU
     data = s.data if s.data in ("digits", "mnist5k", "mnist", "fashion-mnist") else "digits"
     run_cli(["vardrop", "--data", data, "--model", "mlp", "--model-opt", "widths=512,512",
-             "--posterior", "dropout,variance", "--lr", 0.01, "--epochs", 60 if s.quick else 300,
+             "--posterior", "dropout,variance", "--lr", 0.01, "--epochs", s.vardrop_epochs,
              "--seed", s.seed, "--out", d, *_resume(d), *_common(s)], s.quiet)
 
 
 def _stage_regression(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["regression", "--method", "ensemble", "--method", "swag", "--method", "espro", "--seed", s.seed,
+    run_cli(["regression", "--method", "ensemble", "--method", "swag", "--method", "espro", *s.regression, "--seed", s.seed,
              "--out", d, *_common(s)], s.quiet)
 
 
 def _stage_curve_swag(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["swag", "--curve", study / "connect_bezier", "--epochs", 3 if s.quick else 5, "--lr", 0.01,
-             "--samples", 5 if s.quick else 10, "--points", 11, "--seed", s.seed, "--out", d, *_resume(d),
+    run_cli(["swag", "--curve", study / "connect_bezier", "--epochs", s.cswag_epochs, "--lr", 0.01,
+             "--samples", s.cswag_samples, "--points", 11, "--seed", s.seed, "--out", d, *_resume(d),
              *_common(s)], s.quiet)
 
 
 def _stage_spirals(d: Path, s: Settings, study: Path) -> None:
-    run_cli(["spirals", "--seed", s.seed, "--out", d, *_common(s)], s.quiet)
+    run_cli(["spirals", *s.spirals, "--seed", s.seed, "--out", d, *_common(s)], s.quiet)
 
 
 STAGES: list[Stage] = [
@@ -218,7 +241,7 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
     study = Path(out)
     study.mkdir(parents=True, exist_ok=True)
     cfg_path = study / "study_config.json"
-    cfg = {"data": settings.data, "model": settings.model, "seed": settings.seed, "quick": settings.quick,
+    cfg = {"data": settings.data, "model": settings.model, "seed": settings.seed, "size": settings.size,
            "data_dir": settings.data_dir}
     if cfg_path.exists() and read_json(cfg_path) != cfg:
         raise LowlossError(f"{study} holds a study with another configuration ({read_json(cfg_path)}); "
@@ -268,7 +291,7 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
     measured = sum(1 for c in claims if c["held"] is not None)
     write_report(study / "report.html", title=f"lowloss study: {settings.model} on {settings.data}",
                  subtitle=f"{held} of {measured} measured claims held; seeds {settings.seeds}; "
-                          f"{'quick' if settings.quick else 'full'} settings; lowloss {versions()['lowloss']}, "
+                          f"{settings.size} settings; lowloss {versions()['lowloss']}, "
                           f"torch {versions()['torch']}",
                  claims=claims, base=study, stages=status, extra={"config": cfg, "versions": versions()})
     return summary

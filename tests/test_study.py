@@ -1,0 +1,48 @@
+"""The study pipeline end to end at tiny sizes: every stage runs, every claim is reported, resuming redoes nothing."""
+
+import json
+import re
+
+from lowloss.claims import collect_claims
+from lowloss.study import STAGE_FILE, STAGES, Settings, run_study
+
+CLAIM_IDS = {
+    "modes", "line_barrier", "curve_bezier", "curve_ensemble", "curve_polychain", "plane_modes", "plane_curve",
+    "fge_nll", "ensembles_nll", "swa_accuracy", "curve_swag", "espro_simplex", "espro_vs_deep", "complex",
+    "dimension", "calibration", "shift", "variance_deterministic", "variance_ensemble", "regression", "spirals",
+}
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "study"
+    s = Settings(size="tiny", quiet=True, device="cpu")
+    # an "interrupted" study: only the first stage finished
+    run_study(out, s, only=["modes"])
+    first = (out / "modes" / STAGE_FILE).read_text()
+    summary = run_study(out, s)
+    assert (out / "modes" / STAGE_FILE).read_text() == first  # not redone
+    assert summary["stages"]["modes"]["status"] == "done (cached)"
+    for st in STAGES:
+        assert (out / st.name / STAGE_FILE).exists(), st.name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert {c["id"] for c in on_disk["claims"]} == CLAIM_IDS
+    for c in on_disk["claims"]:
+        assert set(c) == {"id", "statement", "measured", "held"}
+        assert "error" not in c["measured"], (c["id"], c["measured"])
+    assert set(on_disk["stage_seconds"]) == {st.name for st in STAGES}
+    assert on_disk["seeds"] == [0, 1, 2] and "torch" in on_disk["versions"]
+
+    # the report embeds every figure the claims point to, and nothing is fetched from the network
+    html = (out / "report.html").read_text()
+    claims = collect_claims(out, s)
+    figures = [f for c in claims for f in c["figures"]]
+    assert len(figures) >= 15
+    for f in figures:
+        rel = str(__import__("pathlib").Path(f).relative_to(out))
+        assert f'data-file="{rel}"' in html, rel
+    assert html.count("data:image/png;base64,") == len(figures)
+    assert not re.search(r'src="https?://', html)
+
+    # a third run finishes at once: every stage is cached
+    again = run_study(out, s)
+    assert all(v["status"] == "done (cached)" for v in again["stages"].values())
