@@ -42,7 +42,7 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p>"]
     parts.append("<table><tr><th>claim</th><th>result</th><th>measured</th></tr>")
     for c in claims:
-        meas = ", ".join(f"{k}={_fmt(v)}" for k, v in (c.get("measured") or {}).items())
+        meas = ", ".join(f"{k}={_fmt(_round(v))}" for k, v in (c.get("measured") or {}).items())
         parts.append(f"<tr><td><a href='#{c['id']}'>{html.escape(c['statement'])}</a></td>"
                      f"<td>{_status(c.get('held'))}</td><td>{html.escape(meas)}</td></tr>")
     parts.append("</table>")
@@ -56,7 +56,7 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
             if p.exists():
                 parts.append(_img(p, base))
         if c.get("measured"):
-            parts.append("<pre>" + html.escape(json.dumps(c["measured"], indent=1, default=str)) + "</pre>")
+            parts.append("<pre>" + html.escape(json.dumps(_round(c["measured"]), indent=1, default=str)) + "</pre>")
         parts.append("</section>")
     if stages:
         parts.append("<section><h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th></tr>")
@@ -73,9 +73,22 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
     return path
 
 
+def _round(v, digits: int = 4):
+    """Numbers to `digits` significant digits, recursively (the JSON summary keeps full precision)."""
+    if isinstance(v, float):
+        return float(f"{v:.{digits}g}")
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_round(x, digits) for x in v]
+    return v
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list) and len(v) > 6:
         return f"[{len(v)} values]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
