@@ -55,7 +55,7 @@ def subspace_loss(model: nn.Module, subspace, x, y, coords: torch.Tensor, *, wd:
         else:
             loss = nn.functional.mse_loss(out, yb)
         if wd:
-            loss = loss + 0.5 * wd * vectors[j].pow(2).sum()
+            loss = loss + 0.5 * wd * torch.dot(vectors[j], vectors[j])  # no squared temporary of size P
         total = total + loss * (len(idx) / len(y))
     return total, (correct if classification else None)
 
