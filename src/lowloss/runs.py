@@ -24,6 +24,7 @@ from .utils import (
     LowlossError,
     atomic_path,
     echo,
+    jsonable,
     read_json,
     resolve_device,
     seed_everything,
@@ -103,6 +104,29 @@ class Run:
         return (c["model"], tuple(sorted(c.get("model_options", {}).items())), c["data"], c.get("data_seed", 0))
 
 
+def start_run_dir(out: Path, config: dict, *, resume: bool, quiet: bool, finished: dict | None,
+                  same: bool | None = None) -> dict | None:
+    """The shared guard of every resumable command's output directory.
+
+    `finished` is the finished run's JSON (None while unfinished) and `same` whether it was made with
+    `config` (default: ``finished["config"] == config``). Returns the finished JSON when there is nothing
+    to do; raises a clear error for a different finished run, an interrupted run without --resume, or
+    --resume with another config; otherwise records `config` in out/config.json and returns None.
+    """
+    if finished is not None:
+        if (finished.get("config") == config if same is None else same) or resume:
+            echo(f"{out} is already finished; nothing to do", quiet)
+            return finished
+        raise LowlossError(f"{out} already holds a finished run with another config; choose a new --out")
+    if (out / Trainer.CKPT).exists() and not resume:
+        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
+    if resume and (out / "config.json").exists() and read_json(out / "config.json") != jsonable(config):
+        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
+    return None
+
+
 def build_from_config(cfg: dict, data: Dataset | None = None, device=None) -> tuple[nn.Module, Dataset]:
     if data is None:
         data = load_dataset(cfg["data"], seed=cfg.get("data_seed", 0), data_dir=cfg.get("data_dir"))
@@ -147,18 +171,10 @@ def train_mode(config: TrainConfig, out: str | Path, *, resume: bool = False, qu
     out = Path(out)
     cfg = asdict(config)
     cfg["model_options"] = parse_options(cfg["model_options"])
-    if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists():
-        info = read_json(out / RUN_FILE)
-        if info.get("config") == cfg or resume:
-            echo(f"{out} is already finished; nothing to do", quiet)
-            return info
-        raise LowlossError(f"{out} already holds a finished run with another config; choose a new --out")
-    if (out / Trainer.CKPT).exists() and not resume:
-        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
-    if resume and (out / "config.json").exists() and read_json(out / "config.json") != cfg:
-        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
+    finished = read_json(out / RUN_FILE) if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists() else None
+    done = start_run_dir(out, cfg, resume=resume, quiet=quiet, finished=finished)
+    if done is not None:
+        return done
 
     device = resolve_device(config.device)
     gen = seed_everything(config.seed)

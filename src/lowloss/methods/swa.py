@@ -24,7 +24,7 @@ from torch.optim.swa_utils import get_swa_avg_fn
 
 from .. import params as P
 from ..train import Stateful, TensorState, Trainer
-from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
+from ..utils import LowlossError, read_json, resolve_device, seed_everything, versions, write_json
 from .fge import StepSchedule
 
 _swa_update = get_swa_avg_fn()
@@ -165,26 +165,19 @@ def run_swa(base_run: str | Path, cfg: SWAConfig, out: str | Path, *, resume: bo
             data=None, stop_after_epochs: int | None = None) -> dict:
     """SWA from `base_run`; writes an ordinary run directory (model.safetensors with recomputed BN, run.json)."""
     from ..evaluate import bn_buffers_for, evaluate_vector
-    from ..runs import MODEL_FILE, RUN_FILE, load_run, save_state
+    from ..runs import MODEL_FILE, RUN_FILE, load_run, save_state, start_run_dir
 
     out = Path(out)
     config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}
-    if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists():
-        info = read_json(out / RUN_FILE)
-        if info.get("swa", {}).get("config") == config:
-            echo(f"{out} is already finished; nothing to do", quiet)
-            return info
-        raise LowlossError(f"{out} already holds a finished run with another config; choose a new --out")
-    if (out / Trainer.CKPT).exists() and not resume:
-        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
-    if resume and (out / "config.json").exists() and read_json(out / "config.json") != config:
-        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
+    finished = read_json(out / RUN_FILE) if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists() else None
+    done = start_run_dir(out, config, resume=resume, quiet=quiet, finished=finished,
+                         same=finished is not None and finished.get("swa", {}).get("config") == config)
+    if done is not None:
+        return done
     run = load_run(base_run, device=cfg.device, data=data)
     momentum, wd, bs = base_hyper(run, cfg)
     n_batches = run.data.train.num_batches(bs)
     lr_at_step, every, start = trajectory_plan(cfg, n_batches)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config)
     gen = seed_everything(cfg.seed)
     avg = RunningAverage()
     t0 = time.time()

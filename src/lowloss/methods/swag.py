@@ -222,26 +222,18 @@ def run_swag(base_run: str | Path, cfg: SWAGConfig, out: str | Path, *, resume: 
              data=None, samples: int = 30, evaluate: bool = True, stop_after_epochs: int | None = None) -> dict:
     """SWAG from `base_run`: writes out/swag.safetensors and out/swag.json (SWA and SWAG metrics)."""
     from ..evaluate import bn_buffers_for, evaluate_vector
-    from ..runs import load_run
+    from ..runs import load_run, start_run_dir
 
     out = Path(out)
     config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}
-    if (out / "swag.json").exists() and (out / SWAG_FILE).exists():
-        info = read_json(out / "swag.json")
-        if info.get("config") == config:
-            echo(f"{out} is already finished; nothing to do", quiet)
-            return info
-        raise LowlossError(f"{out} already holds a finished SWAG run with another config; choose a new --out")
-    if (out / Trainer.CKPT).exists() and not resume:
-        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
-    if resume and (out / "config.json").exists() and read_json(out / "config.json") != config:
-        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
+    finished = read_json(out / "swag.json") if (out / "swag.json").exists() and (out / SWAG_FILE).exists() else None
+    done = start_run_dir(out, config, resume=resume, quiet=quiet, finished=finished)
+    if done is not None:
+        return done
     run = load_run(base_run, device=cfg.device, data=data)
     momentum, wd, bs = base_hyper(run, cfg)
     n_batches = run.data.train.num_batches(bs)
     lr_at_step, every, start = trajectory_plan(cfg, n_batches)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config)
     gen = seed_everything(cfg.seed)
     moments, avg = SwagMoments(cfg.rank), RunningAverage()
     t0 = time.time()

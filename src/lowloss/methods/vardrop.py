@@ -23,7 +23,7 @@ from .. import metrics as M
 from .. import params as P
 from ..data import Dataset
 from ..evaluate import evaluate_vectors, predict_probs
-from ..runs import build_from_config, load_run, load_state_into, save_state
+from ..runs import build_from_config, load_run, load_state_into, save_state, start_run_dir
 from ..train import Stateful, TensorState, Trainer, lr_schedule
 from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
 from ..vardrop import (
@@ -212,18 +212,10 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
         raise LowlossError(f"unknown posterior '{cfg['posterior']}'; valid: {', '.join(POSTERIORS)} (or all)")
     if cfg["epochs"] < 1 or cfg["samples"] < 1 or cfg["batch_size"] < 1:
         raise LowlossError("--epochs, --samples and --batch-size must be positive")
-    if is_finished(out):
-        info = read_json(out / RUN_FILE)
-        if info.get("config") == cfg or resume:
-            echo(f"{out} is already finished; nothing to do", quiet)
-            return info
-        raise LowlossError(f"{out} already holds a finished run with another config; choose a new --out")
-    if (out / Trainer.CKPT).exists() and not resume:
-        raise LowlossError(f"{out} holds an interrupted run: continue it with --resume or choose a new --out")
-    if resume and (out / "config.json").exists() and read_json(out / "config.json") != cfg:
-        raise LowlossError(f"--resume with a different config than the interrupted run in {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg)
+    done = start_run_dir(out, cfg, resume=resume, quiet=quiet,
+                         finished=read_json(out / RUN_FILE) if is_finished(out) else None)
+    if done is not None:
+        return done
 
     device = resolve_device(config.device)
     gen = seed_everything(config.seed)
