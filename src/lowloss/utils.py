@@ -116,6 +116,17 @@ def jsonable(obj: Any) -> Any:
     return _jsonable(obj)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with `n` intra-op threads (tiny networks: extra threads only add overhead); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", quiet: bool = False,
              unit: str = "it", **kw):
     """A tqdm progress bar with ETA; silent when `quiet` or when stderr is not a terminal."""

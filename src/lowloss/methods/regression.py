@@ -233,9 +233,7 @@ def _espro_members(cfg: RegressionConfig, mode_dirs, out: Path, gen: torch.Gener
 def run_regression(cfg, out, *, quiet: bool = False) -> dict:
     """See the module docstring. Runs with one intra-op thread: these networks are tiny, and on a shared
     machine extra threads only add synchronisation overhead (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from ..utils import torch_threads
+
+    with torch_threads(1):
         return _run_regression(cfg, out, quiet=quiet)
-    finally:
-        torch.set_num_threads(threads)

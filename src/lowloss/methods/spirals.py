@@ -127,9 +127,7 @@ def _run_spirals(cfg: SpiralsConfig, out, *, quiet: bool = False) -> dict:
 def run_spirals(cfg, out, *, quiet: bool = False) -> dict:
     """See the module docstring. Runs with one intra-op thread: these networks are tiny, and on a shared
     machine extra threads only add synchronisation overhead (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from ..utils import torch_threads
+
+    with torch_threads(1):
         return _run_spirals(cfg, out, quiet=quiet)
-    finally:
-        torch.set_num_threads(threads)
