@@ -87,6 +87,39 @@ def test_engine_equals_plain_loop_with_bn(digits, method, batch_size):
     assert torch.equal(model.bn.running_mean, torch.zeros(4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("method", ["loop", "vmap"])
+def test_fused_bn_pass_default(digits, method):
+    """By default the statistics batch is the whole training set and the train metrics come out of that pass:
+    the test metrics equal the two-pass engine's with one whole-set statistics batch, and the train metrics
+    are exactly those of the train-mode forward (BN normalising with the whole set's biased variance)."""
+    torch.manual_seed(0)
+    model = SmallConvBN().double()
+    data = _small(digits)
+    V = _vectors(model, 3, 0.2)
+    fused = evaluate_vectors(model, V, data, method=method)
+    assert fused["engine"]["bn_pass"] == "fused" and fused["engine"]["bn_batch_size"] == len(data.train)
+    assert fused["engine"]["passes"] == 2
+    sep = evaluate_vectors(model, V, data, method=method, batch_size=len(data.train))
+    assert sep["engine"]["bn_pass"] == "separate"
+    torch.testing.assert_close(fused["test_loss"], sep["test_loss"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused["test_error"], sep["test_error"], rtol=0, atol=0)
+    # O(1/N) from the biased vs unbiased variance: small, but not rounding
+    torch.testing.assert_close(fused["train_loss"], sep["train_loss"], rtol=2e-3, atol=0)
+    for i, v in enumerate(V):
+        bufs = P.fresh_bn_buffers(model)
+        with torch.no_grad(), P.bn_statistics_mode(model):
+            logits = P.functional_forward(model, v, data.train.x, bufs)
+        ref = -torch.log_softmax(logits, -1).gather(1, data.train.y[:, None]).mean()
+        torch.testing.assert_close(fused["train_loss"][i], ref, rtol=1e-10, atol=1e-12)
+    # only the train split: one pass in all
+    only = evaluate_vectors(model, V, data, splits=("train",), method=method)
+    assert only["engine"]["passes"] == 1
+    torch.testing.assert_close(only["train_loss"], fused["train_loss"], rtol=1e-10, atol=1e-12)
+    # a BN subset is never fused (its statistics do not cover the train split)
+    sub = evaluate_vectors(model, V, data, bn_subset=50, method=method)
+    assert sub["engine"]["bn_pass"] == "separate" and sub["engine"]["bn_batch_size"] == 50
+
+
 def test_bn_subset_is_recorded_and_used(digits, tiny_bn):
     model = tiny_bn.double()
     data = _small(digits)

@@ -30,6 +30,7 @@ from .params import (
 )
 
 EVAL_BATCH = 1024
+FULL_BN_EXAMPLES = 8192  # up to this many training examples the default BN statistics batch is the whole set
 
 
 @contextlib.contextmanager
@@ -152,7 +153,7 @@ def plan_chunks(num_vectors: int, num_examples: int, stats_batch: int, bytes_per
     """
     b = min(num_examples, eval_batch or num_examples)
     b = max(b, 1)
-    widest = max(b, min(stats_batch, num_examples) if stats_batch else 0)
+    widest = max(b, stats_batch or 0)  # stats_batch: examples per statistics batch (0: no statistics pass)
     k = memory_budget // max(widest * bytes_per_example + param_bytes, 1)
     if k < 1 and eval_batch is None:  # not even one vector on the whole set: shrink the evaluation batch
         widest = max((memory_budget - param_bytes) // bytes_per_example, 32)
@@ -258,7 +259,7 @@ class _Accumulator:
 
 @torch.no_grad()
 def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("train", "test"),
-                     recompute: bool | None = None, bn_subset: int | None = None, batch_size: int = EVAL_BATCH,
+                     recompute: bool | None = None, bn_subset: int | None = None, batch_size: int | None = None,
                      calibration: bool = False, return_probs: tuple[str, ...] = (), forward: Forward | None = None,
                      quiet: bool = True, memory_budget: int | None = None, chunk_size: int | None = None,
                      eval_batch: int | None = None, method: str = "auto", channels_last: bool | None = None) -> dict:
@@ -272,29 +273,43 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
     cumulative average. Losses are the mean NLL of the true class (probabilities clamped at 1e-12 as in
     :func:`lowloss.metrics.nll`); for regression data, the mean squared error (and error NaN).
 
+    `batch_size=None` (the default) takes the statistics over the whole training set in ONE batch when it
+    has at most :data:`FULL_BN_EXAMPLES` examples and its activations fit the memory budget (else batches of
+    :data:`EVAL_BATCH`). The statistics are then the training set's own (mean and unbiased variance per
+    channel), and the training metrics come out of that same pass ("fused": train-mode BN normalises with
+    the biased variance, (N-1)/N of the unbiased running variance the other splits see; the train loss
+    differs from a separate evaluation pass by O(1/N) relative, N = examples x positions per channel).
+    That saves one of the three passes; ``engine["bn_pass"]`` says which ran. An explicit `batch_size`
+    always gives the exact two-pass semantics.
+
     How it is fast (the results do not depend on any of this):
 
     * the module is never copied: vectors are split into named views and run with ``functional_call``;
     * resident data lives on the vectors' device (cached per split); a model without BatchNorm is
       evaluated in ONE pass over train and test concatenated; with BatchNorm, one statistics pass over
-      the training data and one evaluation pass (the statistics must be complete before evaluating);
+      the training data and one evaluation pass (the statistics must be complete before evaluating),
+      or, fused, one pass over the training data and one over the other splits;
     * chunks of vectors run at once through ``torch.func.vmap`` (BN statistics batched per vector), on
       evaluation batches as large as `memory_budget` (bytes; default 1 GiB on CPU, half the free GPU
       memory) allows; `chunk_size` / `eval_batch` override the plan;
     * `method`: ``"auto"`` (:func:`choose_method`: what measured fastest for the model and device; a model
       that cannot be vmapped falls back to the loop transparently), ``"vmap"`` or ``"loop"``;
     * `channels_last` (default: on the CPU for 4-D inputs in loop mode): NHWC inputs and convolution
-      weights, which oneDNN convolves about twice as fast.
+      weights, which oneDNN convolves about twice as fast;
+    * on the CPU, glibc keeps freed activations for the next pass (:func:`lowloss.utils.keep_freed_memory`)
+      instead of page-faulting them back in.
 
     ``out["engine"]`` records what ran.
     """
-    from .utils import LowlossError, progress
+    from .utils import LowlossError, keep_freed_memory, progress
 
     if method not in ("auto", "vmap", "loop"):
         raise LowlossError(f"evaluate_vectors method '{method}' is not auto, vmap or loop")
     vectors = vectors.detach().reshape(-1, vectors.shape[-1])
     num = vectors.shape[0]
     device, dtype = vectors.device, vectors.dtype
+    if device.type == "cpu":
+        keep_freed_memory()
     auto = method == "auto"
     if auto:
         method = choose_method(model, device)
@@ -306,11 +321,22 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
     bn_split = None
     if recompute:
         bn_split = data.train.subset(bn_subset) if bn_subset else data.train
+    bn_resident = bn_split is not None and hasattr(bn_split, "x")
+    budget = int(memory_budget) if memory_budget else default_memory_budget(device)
+    per_ex = activation_bytes_per_example(model, _cast(_first_input(data, splits, device), dtype), forward)
+    fused = False
+    if recompute and batch_size is None:
+        n_bn = len(bn_split)
+        whole = n_bn <= FULL_BN_EXAMPLES and n_bn * per_ex <= budget
+        batch_size = n_bn if whole else EVAL_BATCH
+        fused = whole and bn_resident and not bn_subset and "train" in splits
+    batch_size = batch_size or EVAL_BATCH
+    eval_splits = tuple(s for s in splits if not (fused and s == "train"))
 
     # the evaluation set: resident splits concatenated once (one pass), others streamed split by split
     resident = all(hasattr(getattr(data, s), "x") for s in splits)
-    if resident and splits:
-        parts = [_resident(getattr(data, s), device, dtype) for s in splits]
+    if resident and eval_splits:
+        parts = [_resident(getattr(data, s), device, dtype) for s in eval_splits]
         xs = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
         ys = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
         bounds = [0]
@@ -319,22 +345,20 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
         n_eval = len(ys)
         example = xs[:1]
     else:
-        n_eval = sum(len(getattr(data, s)) for s in splits)
-        example = _cast(next(iter(getattr(data, splits[0]).batches(1, device=device)))[0], dtype)
-    bn_resident = bn_split is not None and hasattr(bn_split, "x")
+        n_eval = sum(len(getattr(data, s)) for s in eval_splits)
+        example = _cast(_first_input(data, splits, device), dtype)
     if bn_resident:
         bn_x = _resident(bn_split, device, dtype)[0]
     if channels_last is None:
         channels_last = device.type == "cpu" and example.dim() == 4 and method == "loop"
     channels_last = bool(channels_last) and example.dim() == 4
-    if channels_last and resident and splits:
+    if channels_last and resident and eval_splits:
         xs = xs.contiguous(memory_format=torch.channels_last)
     if channels_last and bn_resident:
         bn_x = bn_x.contiguous(memory_format=torch.channels_last)
 
-    budget = int(memory_budget) if memory_budget else default_memory_budget(device)
-    per_ex = activation_bytes_per_example(model, example, forward)
-    k_chunk, b_eval = plan_chunks(num if method == "vmap" else 1, n_eval, batch_size if recompute else 0, per_ex,
+    k_chunk, b_eval = plan_chunks(num if method == "vmap" else 1, n_eval,
+                                  min(batch_size, len(bn_split)) if recompute else 0, per_ex,
                                   vectors.shape[1] * vectors.element_size(), budget, eval_batch=eval_batch)
     if method == "loop":  # one vector's activations live at a time: chunks only amortise data passes
         k_chunk = min(num, MAX_CHUNK)
@@ -358,8 +382,9 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
         try:
             results.append(_evaluate_chunk(model, chunk, data, splits, keep, regression, forward, use_vmap,
                                            recompute, bn_split, bn_x if bn_resident else None, batch_size,
-                                           (xs, ys, bounds) if resident and splits else None, b_eval,
-                                           channels_last and not use_vmap))
+                                           (xs, ys, bounds) if resident and eval_splits else None, b_eval,
+                                           channels_last and not use_vmap, eval_splits,
+                                           _resident(data.train, device, dtype)[1] if fused else None))
         except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
             if not use_vmap or results:  # vmap refused this model (first chunk): fall back to the loop
                 raise
@@ -387,42 +412,51 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
             if s in return_probs:
                 out["probs"][s] = probs.float()
     out["engine"] = {"method": "vmap" if use_vmap else "loop", "chunk_size": k_chunk, "eval_batch": b_eval,
-                     "passes": int(recompute) + (1 if resident else len(splits)), "channels_last": channels_last,
-                     "bn_recomputed": recompute, "bn_subset": bn_subset if recompute else None,
+                     "passes": int(recompute) + (int(bool(eval_splits)) if resident else len(eval_splits)),
+                     "channels_last": channels_last, "bn_recomputed": recompute,
+                     "bn_pass": ("fused" if fused else "separate") if recompute else None,
+                     "bn_subset": bn_subset if recompute else None,
                      "bn_batch_size": batch_size if recompute else None, "memory_budget": budget,
                      "device": str(device), "vmap_fallback": fell_back}
     return out
 
 
+def _first_input(data, splits, device):
+    split = getattr(data, (tuple(splits) or ("train",))[0])
+    return split.x[:1].to(device) if hasattr(split, "x") else next(iter(split.batches(1, device=device)))[0]
+
+
 def _evaluate_chunk(model, chunk, data, splits, keep, regression, forward, use_vmap, recompute, bn_split, bn_x,
-                    batch_size, resident, b_eval, channels_last) -> _Accumulator:
+                    batch_size, resident, b_eval, channels_last, eval_splits, fused_y) -> _Accumulator:
     k = chunk.shape[0]
     device, dtype = chunk.device, chunk.dtype
     runner = _Runner(model, chunk, forward, use_vmap, channels_last)
     batched, shared = _bn_buffer_split(model, device, dtype, k, recompute)
     if not use_vmap:  # each vector counts its own BN batches
         shared = [{n: b.clone() for n, b in shared.items()} for _ in range(k)]
+    acc = _Accumulator(k, splits, keep, regression, device)
     if recompute:
         with bn_statistics_mode(model):
-            if bn_x is not None:
+            if fused_y is not None:  # one batch = the whole training set: its outputs are the train metrics
+                acc.add("train", runner(batched, shared, bn_x), fused_y)
+            elif bn_x is not None:
                 for i in range(0, len(bn_x), batch_size):
                     runner(batched, shared, bn_x[i:i + batch_size])
             else:
                 for x, _y in bn_split.batches(batch_size, device=device):
                     runner(batched, shared, _layout(_cast(x, dtype), channels_last))
-    acc = _Accumulator(k, splits, keep, regression, device)
     with eval_mode(model):
         if resident is not None:
             xs, ys, bounds = resident
             for i in range(0, len(ys), b_eval):
                 j = min(i + b_eval, len(ys))
                 outb = runner(batched, shared, xs[i:j])
-                for s, lo, hi in zip(splits, bounds[:-1], bounds[1:]):
+                for s, lo, hi in zip(eval_splits, bounds[:-1], bounds[1:]):
                     a, b = max(lo, i), min(hi, j)
                     if a < b:
                         acc.add(s, outb[:, a - i:b - i], ys[a:b])
         else:
-            for s in splits:
+            for s in eval_splits:
                 for x, y in getattr(data, s).batches(b_eval, device=device):
                     acc.add(s, runner(batched, shared, _layout(_cast(x, dtype), channels_last)), y)
     return acc

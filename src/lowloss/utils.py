@@ -139,3 +139,33 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
 def echo(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
+
+
+_ALLOCATOR_TUNED: bool | None = None
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks up to 32 MiB in the heap instead of unmapping them (done once).
+
+    Whole-dataset passes allocate and free the same large activations for every parameter vector; by
+    default glibc returns each one to the kernel and the next pass page-faults it back in (about 11,000
+    faults per point for the digits convnet, a quarter of the evaluation time). With the blocks kept, the
+    process holds on to up to `TRIM_THRESHOLD` (256 MiB) of freed memory. Set ``LOWLOSS_MALLOPT=0`` to leave
+    the allocator alone. Returns whether the setting is in force (False off glibc).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is None:
+        _ALLOCATOR_TUNED = False
+        if os.environ.get("LOWLOSS_MALLOPT", "1") != "0" and sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                m_trim_threshold, m_mmap_threshold = -1, -3
+                _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+                                        and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
+            except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+                _ALLOCATOR_TUNED = False
+    return _ALLOCATOR_TUNED

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluate import EVAL_BATCH, evaluate_vectors
+from ..evaluate import evaluate_vectors
 from ..subspaces.plane import Plane, grid_axes, grid_coordinates
 from ..utils import LowlossError, atomic_path, echo, progress, read_json, versions, write_json
 
@@ -45,7 +45,7 @@ class PlaneConfig:
     metrics: tuple[str, ...] = METRICS
     bn_subset: int | None = None
     origin: str = "a"
-    batch_size: int = EVAL_BATCH  # batches of the BN statistics pass
+    batch_size: int | None = None  # BN statistics batch (None: the whole training set when it fits; see evaluate_vectors)
     memory_budget: int | None = None
     chunk_points: int | None = None  # grid points per saved chunk; None: adapt to ~chunk_seconds
     chunk_seconds: float = 20.0
