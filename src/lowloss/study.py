@@ -23,7 +23,7 @@ STAGE_FILE = "stage.json"
 # every size knob of the study, per preset: "full" (under 30 min on 2 CPU cores for digits), "quick" (under 5),
 # "tiny" (seconds; for tests of the pipeline only, numbers meaningless)
 SIZES: dict[str, dict] = {
-    "full": dict(mode_epochs=20, curve_epochs=20, grid=31, bn_subset=None, budget_seeds=3, swag_epochs=10,
+    "full": dict(mode_epochs=80, curve_epochs=20, grid=31, bn_subset=None, budget_seeds=3, swag_epochs=10,
                  espro_epochs=10, members=25, complex_epochs=8, dim_connectors=12, dim_epochs=5,
                  corruptions="all", shift_samples=30, vardrop_epochs=300, cswag_epochs=5, cswag_samples=10,
                  regression=[], spirals=[], budget=[]),
