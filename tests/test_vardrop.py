@@ -273,3 +273,61 @@ def test_last_layer_posterior_and_the_variance_output_layer_limit():
         torch.manual_seed(3)
         wins = (layer(x).argmax(-1) == 2).double().mean().item()
     assert abs(wins - 0.5) < 0.02
+
+
+def test_scaled_adam_gives_log_sigma2_its_own_learning_rate():
+    from lowloss.methods.vardrop import ScaledAdam
+
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    opt = ScaledAdam([{"params": [a], "lr_scale": 50.0}, {"params": [b]}], lr=1e-3)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    # Adam's first step moves every coordinate by lr (times the sign of its gradient)
+    assert torch.allclose(a, torch.full((3,), -0.05)) and torch.allclose(b, torch.full((3,), -1e-3))
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]  # the scheduled lr is left as it was
+
+
+def test_variance_training_uses_sigma_lr_and_resumes_exactly(tmp_path, digits):
+    from dataclasses import asdict
+
+    from lowloss.methods.vardrop import VardropConfig, build_variational, load_vardrop, train_vardrop
+    from lowloss.utils import seed_everything
+
+    cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="variance", epochs=2,
+                        samples=2, sigma_lr=0.05, device="cpu")
+    full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
+    assert full["config"]["sigma_lr"] == 0.05
+    train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits, stop_after_epochs=1)
+    train_vardrop(cfg, tmp_path / "half", resume=True, quiet=True, data=digits)  # two Adam groups restored
+    a, _, _ = load_vardrop(tmp_path / "full", data=digits)
+    b, _, _ = load_vardrop(tmp_path / "half", data=digits)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    # with the larger rate the log sigma^2 move much further than with --lr alone
+    slow = train_vardrop(replace(cfg, sigma_lr=None, epochs=1), tmp_path / "slow", quiet=True, data=digits)
+    fast = train_vardrop(replace(cfg, epochs=1), tmp_path / "fast", quiet=True, data=digits)
+    assert slow["config"]["sigma_lr"] is None
+    seed_everything(cfg.seed)  # the start of both runs, as train_vardrop builds it
+    start = dict(variational_layers(build_variational(asdict(cfg), digits, "cpu")[0]))
+    moved = {}
+    for name in ("slow", "fast"):
+        m, _, _ = load_vardrop(tmp_path / name, data=digits)
+        moved[name] = max((layer.log_sigma2 - start[n].log_sigma2).abs().max().item()
+                          for n, layer in variational_layers(m))
+    assert fast["history"] and moved["fast"] > 5 * moved["slow"]
+    with pytest.raises(LowlossError, match="sigma-lr"):
+        train_vardrop(replace(cfg, sigma_lr=-1.0), tmp_path / "bad", quiet=True, data=digits)
+
+
+def test_lenet5_ref_shapes():
+    from lowloss.methods.vardrop import lenet5_ref
+
+    for shape, feats in (((1, 28, 28), 800), ((1, 8, 8), 200), ((3, 32, 32), 1250)):
+        net = lenet5_ref(shape, 10)
+        assert net[9].in_features == feats and net[9].out_features == 500 and net[9].bias is None
+        v = to_variational(net, "variance", last_posterior="plain")
+        assert [m.posterior for _, m in variational_layers(v)] == ["variance"] * 3 and type(v[-1]) is nn.Linear
+        assert v.eval()(torch.randn(2, *shape)).shape == (2, 10)
+    assert lenet5_ref((1, 28, 28), 10, width=0.5)[0].out_channels == 10
+    with pytest.raises(LowlossError, match="too small"):
+        lenet5_ref((1, 2, 2), 10)

@@ -14,8 +14,9 @@ _D = VardropConfig()
 @click.command()
 @data_options
 @click.option("--model", default=_D.model, show_default=True,
-              help="mlp, convnet, lenet5, lowloss.methods.vardrop:lenet5_bn (LeNet-5 with BatchNorm, as in the variance "
-                   "network experiments) or package.module:factory; its nn.Linear/nn.Conv2d layers become variational.")
+              help="mlp, convnet, lenet5, lowloss.methods.vardrop:lenet5_ref (the 20-50-500 LeNet-5 with BatchNorm of "
+                   "the variance-network experiments), lowloss.methods.vardrop:lenet5_bn (6-16-120-84 with BatchNorm) "
+                   "or package.module:factory; its nn.Linear/nn.Conv2d layers become variational.")
 @click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable: width=2, bn=false, widths=128,128.")
 @click.option("--posterior", default="all", show_default=True,
@@ -35,6 +36,9 @@ _D = VardropConfig()
 @click.option("--log-sigma2-init", type=float, default=None,
               help="Initial log sigma^2 of variance layers, one value for all weights  [default: sigma = |w| of "
                    "the source (or freshly initialised) weights, which breaks the symmetry between units].")
+@click.option("--sigma-lr", type=float, default=_D.sigma_lr, show_default=True,
+              help="Adam learning rate of the log sigma^2 of variance layers (decayed like --lr); variance "
+                   "networks learn only through sigma and need far larger steps in log space than the rest.")
 @click.option("--dropout-p", type=float, default=_D.dropout_p, show_default=True,
               help="Dropout baseline rate: alpha = p / (1 - p) (0.5 -> alpha = 1).")
 @click.option("--variance-last", type=click.Choice(["weight", "plain", "variance", "additive"]),
@@ -50,7 +54,7 @@ _D = VardropConfig()
               help="Continue an interrupted posterior from its checkpoint (finished posteriors are always skipped).")
 @common_options(out="runs/vardrop")
 def command(data, data_dir, data_seed, model, model_opt, posterior, epochs, lr, final_lr_ratio, batch_size,
-            anneal_epochs, log_alpha_init, log_sigma2_init, dropout_p, variance_last, init_run, samples, resume, out, seed, device,
+            anneal_epochs, log_alpha_init, log_sigma2_init, sigma_lr, dropout_p, variance_last, init_run, samples, resume, out, seed, device,
             quiet):
     """Train variational-dropout / variance networks (ELBO, Adam) into OUT/<posterior>/ and compare the
     stochastic, deterministic and ensemble prediction schemes (OUT/schemes.json, OUT/schemes.md,
@@ -66,7 +70,7 @@ def command(data, data_dir, data_seed, model, model_opt, posterior, epochs, lr, 
                            "or all")
     cfg = VardropConfig(data=data, model=model, model_options=parse_options(model_opt), epochs=epochs, lr=lr,
                         final_lr_ratio=final_lr_ratio, batch_size=batch_size, anneal_epochs=anneal_epochs,
-                        log_alpha_init=log_alpha_init, log_sigma2_init=log_sigma2_init, dropout_p=dropout_p,
+                        log_alpha_init=log_alpha_init, log_sigma2_init=log_sigma2_init, sigma_lr=sigma_lr, dropout_p=dropout_p,
                         variance_last=variance_last, init=init_run, samples=samples, seed=seed, data_seed=data_seed, data_dir=data_dir,
                         device=device)
     from pathlib import Path

@@ -55,7 +55,9 @@ class VardropConfig:
     batch_size: int = 100
     anneal_epochs: float = 0.0           # KL weight rises linearly from 0 to 1 over these epochs (0: off)
     log_alpha_init: float = -5.0
-    log_sigma2_init: float | None = None  # additive/variance fresh init; None: log(2 / fan_in) for variance
+    log_sigma2_init: float | None = None  # additive/variance fresh init; None: sigma = |w| of the (fresh) weights
+    sigma_lr: float | None = 0.05         # Adam lr of the log sigma^2 of variance layers (same linear decay);
+    #                                       None: --lr. See SIGMA_LR_NOTE.
     dropout_p: float = 0.5                # the dropout baseline: alpha = p / (1 - p)
     init: str | None = None               # a finished `lowloss train` run to take mu from (None: fresh)
     variance_last: str = "plain"          # posterior of the output layer of a variance network (or "plain",
@@ -65,6 +67,13 @@ class VardropConfig:
     data_seed: int = 0
     data_dir: str | None = None
     device: str = "auto"
+
+
+SIGMA_LR_NOTE = (
+    "A variance layer carries all its information in sigma; the reference implementation parameterises sigma "
+    "itself, so that Adam at lr 1e-3 changes a weight's sigma^2 by ~1-10% per step (sigma ~ 1/sqrt(fan_in)). "
+    "We keep log sigma^2 and give it its own, larger learning rate instead (measured on mnist5k, 30 epochs: "
+    "ensemble accuracy 18% -> 57% for lenet5_bn, 82-85% for lenet5_ref).")
 
 
 class LeNet5BN(torch.nn.Module):
@@ -95,6 +104,28 @@ class LeNet5BN(torch.nn.Module):
 
 def lenet5_bn(input_shape, num_classes, width: float = 1.0) -> LeNet5BN:
     return LeNet5BN(input_shape, num_classes, width)
+
+
+def lenet5_ref(input_shape, num_classes, width: float = 1.0) -> torch.nn.Sequential:
+    """The LeNet-5 of the variance-network experiments (Caffe's 20-50-500 LeNet with BatchNorm): conv 5x5 (20)
+    -> BN -> ReLU -> max pool, conv 5x5 (50) -> BN -> ReLU -> max pool, dense 500 -> BN -> ReLU, dense
+    num_classes. Hidden layers have no bias (BN's shift takes its place). Unpadded on 28x28 inputs (800
+    features before the dense layer); padded for small inputs such as 8x8 digits. `width` scales 20/50/500.
+    Use as ``--model lowloss.methods.vardrop:lenet5_ref``."""
+    nn = torch.nn
+    c = input_shape[0]
+    c1, c2, f1 = (max(1, int(round(k * width))) for k in (20, 50, 500))
+    pad1 = 2 if min(input_shape[1:]) < 16 else 0
+    s1 = [(k + 2 * pad1 - 4) // 2 for k in input_shape[1:]]
+    pad2 = 2 if min(s1) < 8 else 0
+    s2 = [(k + 2 * pad2 - 4) // 2 for k in s1]
+    if min(s2) < 1:
+        raise LowlossError(f"input {tuple(input_shape)} is too small for lenet5_ref")
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 5, padding=pad1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=pad2, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(c2 * s2[0] * s2[1], f1, bias=False),
+        nn.BatchNorm1d(f1), nn.ReLU(), nn.Linear(f1, num_classes))
 
 
 def build_variational(cfg: dict, data: Dataset | None = None, device=None):
@@ -129,7 +160,7 @@ class OptimizerState(Stateful):
         return out
 
     def load_state_tensors(self, tensors):
-        by_name = {n: p for p in self.opt.param_groups[0]["params"] for n in [self.names[id(p)]]}
+        by_name = {self.names[id(p)]: p for g in self.opt.param_groups for p in g["params"]}
         for key, v in tensors.items():
             name, _, k = key.rpartition("/")
             if name not in by_name:
@@ -139,13 +170,34 @@ class OptimizerState(Stateful):
             self.opt.state[p][k] = v.to(p.device) if k != "step" else v.clone()
 
 
-class AdamTrainer(Trainer):
-    """:class:`lowloss.train.Trainer` (progress bar, per-epoch atomic checkpoint, exact resume) with Adam."""
+class ScaledAdam(torch.optim.Adam):
+    """Adam whose parameter groups may carry an ``lr_scale``: each step uses lr * lr_scale for that group, so a
+    schedule that sets every group's lr (as :class:`lowloss.train.Trainer` does) keeps the ratio."""
 
-    def __init__(self, params, loss_fn, data, *, betas=(0.9, 0.999), **kw):
+    def step(self, closure=None):
+        saved = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, saved):
+                g["lr"] = lr
+
+
+class AdamTrainer(Trainer):
+    """:class:`lowloss.train.Trainer` (progress bar, per-epoch atomic checkpoint, exact resume) with Adam.
+    `lr_scales` maps parameter names to a multiplier of the scheduled learning rate (default 1)."""
+
+    def __init__(self, params, loss_fn, data, *, betas=(0.9, 0.999), lr_scales: dict | None = None, **kw):
         kw.setdefault("momentum", 0.0)
         super().__init__(params, loss_fn, data, **kw)
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=self.lr(0.0), betas=betas)
+        scales = lr_scales or {}
+        groups: dict[float, list] = {}
+        for name, p in self.params.items():
+            groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
+        self.opt = ScaledAdam([{"params": ps, "lr_scale": k} for k, ps in groups.items()], lr=self.lr(0.0),
+                              betas=betas)
         self.extra["adam"] = OptimizerState(self.opt, {id(p): n for n, p in self.params.items()})
 
 
@@ -226,6 +278,12 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
     n_train = len(data.train)
     n_batches = data.train.num_batches(config.batch_size)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    lr_scales = {}
+    if config.sigma_lr is not None:
+        if config.sigma_lr <= 0 or config.lr <= 0:
+            raise LowlossError("--lr and --sigma-lr must be positive")
+        lr_scales = {f"{n}.log_sigma2": config.sigma_lr / config.lr for n, m in variational_layers(model)
+                     if m.posterior == "variance"}
 
     def loss_fn(x, y, step):
         logits = model(x)
@@ -248,6 +306,7 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
 
     buffers = dict(model.named_buffers())
     trainer = AdamTrainer(trainable, loss_fn, data.train, epochs=config.epochs, batch_size=config.batch_size,
+                          lr_scales=lr_scales,
                           lr=lr_schedule("linear", config.lr, config.epochs, final_ratio=config.final_lr_ratio),
                           generator=gen, device=device, run_dir=out, quiet=quiet, desc=f"vardrop {config.posterior}",
                           after_epoch=after_epoch, augment=False,
