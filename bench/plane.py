@@ -4,7 +4,9 @@ Measured in ONE run on the same machine:
   * float32 matmul FLOP/s (torch.mm, 2048 x 2048): the physical reference;
   * points/s of the plain loop as the reference code does it: per point, deep-copy the module, write the
     vector with vector_to_parameters, recompute BN (train mode, cumulative average, batches of 128),
-    evaluate train then test with batches of 128;
+    evaluate train then test with batches of 128; first with glibc's default allocator (as the reference
+    code runs), then with the allocator setting the engine makes (lowloss.utils.keep_freed_memory), which
+    speeds the plain loop up too;
   * points/s of the engine on the same kind of points, and its achieved FLOP/s (FLOPs counted with
     torch.utils.flop_counter over the passes it makes) as a fraction of the matmul's;
   * agreement of the two on shared points (max |difference| of the four metrics);
@@ -86,13 +88,22 @@ def flops_per_point(model, data, separate_bn_pass: bool) -> float:
     return float(fc.get_total_flops())
 
 
-def bench_model(name: str, data, n_plain: int, n_engine: int, seed: int = 0) -> dict:
+def points(name: str, data, n: int, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(name, data.input_shape, data.num_classes)
     w = P.flatten(model)
     g = torch.Generator().manual_seed(seed)
-    V = w + 0.01 * torch.randn(n_engine, w.numel(), generator=g)
-    plain_s = best_time(lambda: [plain_loop(model, v, data) for v in V[:n_plain]], 2) / n_plain
+    return model, w, w + 0.01 * torch.randn(n, w.numel(), generator=g)
+
+
+def plain_seconds(name: str, data, n_plain: int) -> float:
+    model, _, V = points(name, data, n_plain)
+    return best_time(lambda: [plain_loop(model, v, data) for v in V[:n_plain]], 2) / n_plain
+
+
+def bench_model(name: str, data, n_plain: int, n_engine: int, seed: int = 0) -> dict:
+    model, w, V = points(name, data, n_engine, seed)
+    plain_s = plain_seconds(name, data, n_plain)
     evaluate_vectors(model, V[:2], data)  # warm-up (allocations, oneDNN primitive caches)
     res = {}
 
@@ -148,10 +159,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "lowloss-bench-plane"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    # the engine turns this on at its first CPU call; on from the start, the plain loop gets it too (fair)
-    tuned = keep_freed_memory()
     load0 = os.getloadavg()
     data = load_dataset("digits")
+    # the plain loops first as the reference code runs them (glibc's default allocator), then with the setting
+    # the engine makes at its first CPU call (keep freed memory), which helps the plain loop too
+    default_alloc = {"mlp": plain_seconds("mlp", data, 8), "convnet": plain_seconds("convnet", data, 3)}
+    tuned = keep_freed_memory()
     mm = matmul_flops()
     print(f"threads {args.threads}; load average at start {load0[0]:.2f} (the machine may be shared); "
           f"glibc keeps freed memory (both loops): {tuned}")
@@ -160,6 +173,12 @@ def main():
     mm2 = matmul_flops()
     ref = max(mm, mm2)
     print(f"float32 matmul again after the models: {mm2 / 1e9:.1f} GFLOP/s (reference: the larger)")
+    for r in rows:
+        r["plain_default_pts_s"] = 1 / default_alloc[r["model"]]
+    print("plain loop, glibc's default allocator (as the reference code runs): "
+          + ", ".join(f"{r['model']} {r['plain_default_pts_s']:.2f} pts/s (engine {r['engine_pts_s'] / r['plain_default_pts_s']:.2f}x)"
+                      for r in rows))
+    print("below, the plain loop runs with the engine's allocator setting too:")
     print(f"{'model':<8} {'params':>8} {'plain pts/s':>12} {'engine pts/s':>13} {'speedup':>8} "
           f"{'engine GFLOP/s':>15} {'of matmul':>10} {'max|diff|':>10}  plan")
     for r in rows:
