@@ -224,3 +224,21 @@ class _Scale(torch.nn.Module):
 
     def forward(self, x):
         return x * self.s
+
+
+def test_keep_freed_memory_can_be_turned_off():
+    """The allocator setting is process-wide: check it in fresh interpreters (on, and off by environment)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from lowloss.utils import keep_freed_memory as k; r = k(); assert k() == r; print(r)"
+    env = {**os.environ, "LOWLOSS_MALLOPT": "0"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False"
+    env.pop("LOWLOSS_MALLOPT")
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert on.stdout.strip() == str(glibc)
