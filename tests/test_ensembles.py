@@ -148,9 +148,9 @@ def test_swa_run_recomputes_bn_and_resumes_exactly(base_run, digits, tmp_path):
     a, b = load_file(str(tmp_path / "a/model.safetensors")), load_file(str(tmp_path / "b/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert full["swa"]["n_averaged"] == 6
-    # BN statistics of the average are those recompute_bn gives for it
+    # BN statistics of the average are those recompute_bn gives for it (the whole training set in one batch)
     run = load_run(tmp_path / "a", device="cpu", data=digits)
-    fresh = P.recompute_bn(run.model, run.vector, digits.train.batches(1024))
+    fresh = P.recompute_bn(run.model, run.vector, [digits.train.x])
     for k, v in fresh.items():
         if "running" in k:
             torch.testing.assert_close(run.buffers[k], v, rtol=1e-5, atol=1e-6)

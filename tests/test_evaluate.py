@@ -242,3 +242,16 @@ def test_keep_freed_memory_can_be_turned_off():
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert on.stdout.strip() == str(glibc)
+
+
+def test_default_bn_batch_is_the_whole_set_when_it_fits(digits, tiny_bn):
+    from lowloss.evaluate import EVAL_BATCH, bn_buffers_for, default_bn_batch
+
+    model = tiny_bn.double()
+    data = _small(digits)
+    assert default_bn_batch(model, data.train) == len(data.train)
+    assert default_bn_batch(model, data.train, memory_budget=1000) == EVAL_BATCH  # does not fit: batches
+    v = _vectors(model, 1, 0.2)[0]
+    whole = P.recompute_bn(model, v, [data.train.x])
+    for name, t in bn_buffers_for(model, v, data.train).items():
+        torch.testing.assert_close(t, whole[name], rtol=0, atol=0)

@@ -57,13 +57,34 @@ def predict_logits(model: nn.Module, vector: torch.Tensor, split, *, bufs: Mappi
     return torch.cat(outs), torch.cat(ys)
 
 
-def bn_buffers_for(model: nn.Module, vector: torch.Tensor, train_split, *, batch_size: int = EVAL_BATCH,
+def default_bn_batch(model: nn.Module, split, *, device=None, dtype=None, per_example: int | None = None,
+                     memory_budget: int | None = None, forward: Forward | None = None) -> int:
+    """The default batch of a BN statistics pass: the whole `split` (its exact statistics) when it has at most
+    :data:`FULL_BN_EXAMPLES` examples and one vector's activations on it fit `memory_budget` (default: 1 GiB
+    on the CPU, half the free memory on a GPU), else :data:`EVAL_BATCH` (a cumulative average over batches)."""
+    n = len(split)
+    if n > FULL_BN_EXAMPLES:
+        return EVAL_BATCH
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if per_example is None:
+        x = split.x[:1] if hasattr(split, "x") else next(iter(split.batches(1)))[0]
+        dtype = dtype or next(model.parameters()).dtype
+        per_example = activation_bytes_per_example(model, _cast(x.to(device), dtype), forward)
+    budget = memory_budget or default_memory_budget(device)
+    return n if n * per_example <= budget else EVAL_BATCH
+
+
+def bn_buffers_for(model: nn.Module, vector: torch.Tensor, train_split, *, batch_size: int | None = None,
                    bn_subset: int | None = None, device=None, forward: Forward | None = None):
-    """BN statistics for `vector` from the training data (or a fixed subset); None when the model has no BN."""
+    """BN statistics for `vector` from the training data (or a fixed subset); None when the model has no BN.
+
+    `batch_size=None`: :func:`default_bn_batch` (the whole set in one batch when it fits), as the engine does."""
     if not has_batchnorm(model):
         return None
     split = train_split.subset(bn_subset) if bn_subset else train_split
     device = device if device is not None else vector.device
+    if batch_size is None:
+        batch_size = default_bn_batch(model, split, device=device, dtype=vector.dtype, forward=forward)
     return recompute_bn(model, vector, split.batches(batch_size, device=device), forward=forward)
 
 
@@ -75,9 +96,10 @@ def predict_probs(model: nn.Module, vector: torch.Tensor, split, **kw):
 def evaluate_vector(model: nn.Module, vector: torch.Tensor, data, *, bufs: Mapping | None = None,
                     recompute: bool = False, batch_size: int = EVAL_BATCH, splits=("train", "test"),
                     forward: Forward | None = None) -> dict:
-    """{split: {loss, accuracy, nll, ece, brier}} for one parameter vector (BN recomputed if asked)."""
+    """{split: {loss, accuracy, nll, ece, brier}} for one parameter vector (BN recomputed if asked, with
+    :func:`default_bn_batch`); `batch_size` is the prediction batch."""
     if recompute:
-        bufs = bn_buffers_for(model, vector, data.train, batch_size=batch_size, forward=forward) or bufs
+        bufs = bn_buffers_for(model, vector, data.train, forward=forward) or bufs
     out = {}
     for name in splits:
         split = getattr(data, name)
@@ -326,10 +348,8 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
     per_ex = activation_bytes_per_example(model, _cast(_first_input(data, splits, device), dtype), forward)
     fused = False
     if recompute and batch_size is None:
-        n_bn = len(bn_split)
-        whole = n_bn <= FULL_BN_EXAMPLES and n_bn * per_ex <= budget
-        batch_size = n_bn if whole else EVAL_BATCH
-        fused = whole and bn_resident and not bn_subset and "train" in splits
+        batch_size = default_bn_batch(model, bn_split, per_example=per_ex, memory_budget=budget)
+        fused = batch_size >= len(bn_split) and bn_resident and not bn_subset and "train" in splits
     batch_size = batch_size or EVAL_BATCH
     eval_splits = tuple(s for s in splits if not (fused and s == "train"))
 
