@@ -46,6 +46,9 @@ from ..utils import LowlossError, echo, progress, read_json, versions, write_jso
 METHODS = ("single", "ensemble", "sse", "fge", "swa", "swag", "multiswag")
 METRICS = ("accuracy", "nll", "ece", "brier")
 PREDS = "preds.safetensors"
+# predictions whose BN statistics are recomputed carry the statistics' semantics in their cache key, so a
+# cache written under the earlier default (a cumulative average over batches of 1024) is recomputed
+BN_TAG = "_bnwhole"
 _T = TrainConfig()
 
 
@@ -254,7 +257,7 @@ class BudgetRunner:
         from .swag import swag_predictor
 
         c = self.cfg
-        key = f"swag_scale{c.scale:g}_seed{seed}"
+        key = f"swag_scale{c.scale:g}_seed{seed}{BN_TAG}"
         return cached_probs(d, key, lambda: _probs_of(swag_predictor(d, device=c.device, samples=n, scale=c.scale),
                                                       seed), need=n)
 
@@ -271,7 +274,7 @@ class BudgetRunner:
             probs, _ = predict_probs(model, v, data.test, bufs=bn_buffers_for(model, v, data.train))
             return probs[None]
 
-        return cached_probs(d, "swa", compute)
+        return cached_probs(d, "swa" + BN_TAG, compute)
 
     def swag_run(self, s: int, b: int) -> Path:
         c = self.cfg
