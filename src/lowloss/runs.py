@@ -19,7 +19,7 @@ from . import params as P
 from .data import Dataset, load_dataset
 from .evaluate import evaluate_vector
 from .models import build_model, parse_options
-from .train import TensorState, Trainer, lr_schedule
+from .train import TensorState, Trainer, lr_schedule, supervised_loss
 from .utils import (
     LowlossError,
     atomic_path,
@@ -182,12 +182,7 @@ def train_mode(config: TrainConfig, out: str | Path, *, resume: bool = False, qu
     model.train()
     classification = data.num_classes > 0
 
-    def loss_fn(x, y, step):
-        out_ = model(x)
-        if classification:
-            loss = torch.nn.functional.cross_entropy(out_, y)
-            return loss, (out_.argmax(-1) == y).sum().item()
-        return torch.nn.functional.mse_loss(out_, y), None
+    loss_fn = supervised_loss(model, classification)
 
     def after_epoch(epoch):
         if not classification:

@@ -22,6 +22,19 @@ from .utils import LowlossError, atomic_path, progress
 SCHEDULES = ("constant", "cosine", "step", "curve", "linear")
 
 
+def supervised_loss(model: torch.nn.Module, classification: bool) -> Callable:
+    """The Trainer's `loss_fn` for a module trained on its data: cross-entropy (and the count of correct
+    predictions) for classification, mean squared error (count None) for regression."""
+
+    def loss_fn(x, y, step):
+        out = model(x)
+        if classification:
+            return torch.nn.functional.cross_entropy(out, y), (out.argmax(-1) == y).sum().item()
+        return torch.nn.functional.mse_loss(out, y), None
+
+    return loss_fn
+
+
 def lr_schedule(name: str, lr: float, epochs: float, *, final_ratio: float = 0.01) -> Callable[[float], float]:
     """Learning rate as a function of the (fractional) epoch.
 

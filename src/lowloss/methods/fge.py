@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import params as P
-from ..train import TensorState, Trainer
+from ..train import TensorState, Trainer, supervised_loss
 from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
 from .ensemble import SnapshotCollector, ensemble_curve, member_probs, save_members, snapshot_predictor
 
@@ -99,11 +99,7 @@ def train_snapshots(model: torch.nn.Module, data, *, lr_at_step: Callable[[int],
     classification = data.num_classes > 0
     bn = P.has_batchnorm(model)
 
-    def loss_fn(x, y, step):
-        out = model(x)
-        if classification:
-            return torch.nn.functional.cross_entropy(out, y), (out.argmax(-1) == y).sum().item()
-        return torch.nn.functional.mse_loss(out, y), None
+    loss_fn = supervised_loss(model, classification)
 
     def after_step(step, epoch_float):
         t = step - 1  # index of the step just taken

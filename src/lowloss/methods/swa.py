@@ -23,7 +23,7 @@ import torch
 from torch.optim.swa_utils import get_swa_avg_fn
 
 from .. import params as P
-from ..train import Stateful, TensorState, Trainer
+from ..train import Stateful, TensorState, Trainer, supervised_loss
 from ..utils import LowlossError, read_json, resolve_device, seed_everything, versions, write_json
 from .fge import StepSchedule
 
@@ -75,11 +75,7 @@ def train_and_collect(model: torch.nn.Module, data, *, epochs: int, lr_at_step: 
     classification = data.num_classes > 0
     model.train()
 
-    def loss_fn(x, y, step):
-        out = model(x)
-        if classification:
-            return torch.nn.functional.cross_entropy(out, y), (out.argmax(-1) == y).sum().item()
-        return torch.nn.functional.mse_loss(out, y), None
+    loss_fn = supervised_loss(model, classification)
 
     def after_step(step, epoch_float):
         done = step - start_step  # steps taken since averaging started
