@@ -88,21 +88,28 @@ def curve_coefficients(kind: str, t: torch.Tensor, n: int) -> torch.Tensor:
     raise LowlossError(f"unknown curve kind '{kind}' (bezier, polychain or line)")
 
 
-def load_curve(directory: str | Path) -> dict:
-    """DIR/curve.safetensors: control_0..control_{n-1} and metadata curve, num_bends, runs (JSON list)."""
+def _numbered_vectors(path: Path, prefix: str, minimum: int, what: str) -> tuple[torch.Tensor, dict]:
+    """<prefix>_0 .. <prefix>_{n-1} of a safetensors file stacked as flat vectors [n, P], and its metadata."""
     from safetensors import safe_open
 
-    path = Path(directory) / CURVE_FILE
     if not path.exists():
-        raise LowlossError(f"{directory} holds no {CURVE_FILE}: pass a curve run directory (lowloss connect --out)")
+        raise LowlossError(f"{path.parent} holds no {path.name}: pass {what}")
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         keys = set(fh.keys())
-        n = len([k for k in keys if k.startswith("control_")])
-        missing = [f"control_{i}" for i in range(n) if f"control_{i}" not in keys]
-        if n < 2 or missing:
-            raise LowlossError(f"{path} must hold control_0 .. control_{{n-1}} (n >= 2); missing {missing or 'all'}")
-        controls = torch.stack([fh.get_tensor(f"control_{i}").reshape(-1) for i in range(n)])
+        n = len([k for k in keys if k.startswith(f"{prefix}_")])
+        missing = [f"{prefix}_{i}" for i in range(n) if f"{prefix}_{i}" not in keys]
+        if n < minimum or missing:
+            raise LowlossError(f"{path} must hold {prefix}_0 .. {prefix}_{{n-1}} with n >= {minimum}; "
+                               f"missing {missing or 'all'}")
+        return torch.stack([fh.get_tensor(f"{prefix}_{i}").reshape(-1) for i in range(n)]), meta
+
+
+def load_curve(directory: str | Path) -> dict:
+    """DIR/curve.safetensors: control_0..control_{n-1} and metadata curve, num_bends, runs (JSON list)."""
+    path = Path(directory) / CURVE_FILE
+    controls, meta = _numbered_vectors(path, "control", 2, "a curve run directory (lowloss connect --out)")
+    n = len(controls)
     kind = meta.get("curve", "bezier")
     runs = json.loads(meta.get("runs", "[]"))
     if not runs:
@@ -112,19 +119,9 @@ def load_curve(directory: str | Path) -> dict:
 
 def load_simplex(directory: str | Path) -> dict:
     """DIR/simplex.safetensors: vertex_0..vertex_k and metadata simplexes, base_runs (JSON)."""
-    from safetensors import safe_open
-
     path = Path(directory) / SIMPLEX_FILE
-    if not path.exists():
-        raise LowlossError(f"{directory} holds no {SIMPLEX_FILE}: pass a simplex run directory (lowloss simplex --out)")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        keys = set(fh.keys())
-        n = len([k for k in keys if k.startswith("vertex_")])
-        missing = [f"vertex_{i}" for i in range(n) if f"vertex_{i}" not in keys]
-        if n < 3 or missing:
-            raise LowlossError(f"{path} must hold vertex_0 .. vertex_k with at least 3 vertices; missing {missing}")
-        vertices = torch.stack([fh.get_tensor(f"vertex_{i}").reshape(-1) for i in range(n)])
+    vertices, meta = _numbered_vectors(path, "vertex", 3, "a simplex run directory (lowloss simplex --out)")
+    n = len(vertices)
     simplexes = json.loads(meta.get("simplexes", json.dumps([list(range(n))])))
     base_runs = json.loads(meta.get("base_runs", "[]"))
     if not base_runs:
