@@ -1,7 +1,7 @@
 """Variational dropout / variance layers: KL approximation, local reparameterisation, conversion, schemes."""
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -287,16 +287,15 @@ def test_scaled_adam_gives_log_sigma2_its_own_learning_rate():
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]  # the scheduled lr is left as it was
 
 
-def test_variance_training_uses_sigma_lr_and_resumes_exactly(tmp_path, digits):
-    from dataclasses import asdict
+def test_variance_training_uses_noise_lr_and_resumes_exactly(tmp_path, digits):
 
     from lowloss.methods.vardrop import VardropConfig, build_variational, load_vardrop, train_vardrop
     from lowloss.utils import seed_everything
 
     cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="variance", epochs=2,
-                        samples=2, sigma_lr=0.05, device="cpu")
+                        samples=2, noise_lr=0.05, device="cpu")
     full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
-    assert full["config"]["sigma_lr"] == 0.05
+    assert full["config"]["noise_lr"] == 0.05
     train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits, stop_after_epochs=1)
     train_vardrop(cfg, tmp_path / "half", resume=True, quiet=True, data=digits)  # two Adam groups restored
     a, _, _ = load_vardrop(tmp_path / "full", data=digits)
@@ -304,9 +303,9 @@ def test_variance_training_uses_sigma_lr_and_resumes_exactly(tmp_path, digits):
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
     # with the larger rate the log sigma^2 move much further than with --lr alone
-    slow = train_vardrop(replace(cfg, sigma_lr=None, epochs=1), tmp_path / "slow", quiet=True, data=digits)
+    slow = train_vardrop(replace(cfg, noise_lr=None, epochs=1), tmp_path / "slow", quiet=True, data=digits)
     fast = train_vardrop(replace(cfg, epochs=1), tmp_path / "fast", quiet=True, data=digits)
-    assert slow["config"]["sigma_lr"] is None
+    assert slow["config"]["noise_lr"] is None
     seed_everything(cfg.seed)  # the start of both runs, as train_vardrop builds it
     start = dict(variational_layers(build_variational(asdict(cfg), digits, "cpu")[0]))
     moved = {}
@@ -315,8 +314,8 @@ def test_variance_training_uses_sigma_lr_and_resumes_exactly(tmp_path, digits):
         moved[name] = max((layer.log_sigma2 - start[n].log_sigma2).abs().max().item()
                           for n, layer in variational_layers(m))
     assert fast["history"] and moved["fast"] > 5 * moved["slow"]
-    with pytest.raises(LowlossError, match="sigma-lr"):
-        train_vardrop(replace(cfg, sigma_lr=-1.0), tmp_path / "bad", quiet=True, data=digits)
+    with pytest.raises(LowlossError, match="noise-lr"):
+        train_vardrop(replace(cfg, noise_lr=-1.0), tmp_path / "bad", quiet=True, data=digits)
 
 
 def test_lenet5_ref_shapes():
@@ -331,3 +330,77 @@ def test_lenet5_ref_shapes():
     assert lenet5_ref((1, 28, 28), 10, width=0.5)[0].out_channels == 10
     with pytest.raises(LowlossError, match="too small"):
         lenet5_ref((1, 2, 2), 10)
+
+
+def test_only_some_layers_become_variational():
+    base = build_model("mlp", (1, 8, 8), 10, {"widths": "16,16,16"})  # dense layers net.1, net.3, net.5, net.7
+    net = to_variational(base, "variance", layers=[1, "net.5"], last_posterior="plain")
+    assert net.variational_layer_names == ("net.1", "net.5")
+    assert type(net.net[3]) is nn.Linear and type(net.net[7]) is nn.Linear
+    assert torch.equal(net.net[3].weight, base.net[3].weight)  # untouched layers keep their weights
+    # the output layer is converted when listed, or when last_posterior names a posterior
+    assert to_variational(base, "weight", layers=[4]).variational_layer_names == ("net.7",)
+    assert to_variational(base, "variance", layers=[2], last_posterior="weight").variational_layer_names == (
+        "net.3", "net.7")
+    with pytest.raises(LowlossError, match=r"layer 5 does not exist.*1=net.1, 2=net.3, 3=net.5, 4=net.7"):
+        to_variational(base, "variance", layers=[5])
+    with pytest.raises(LowlossError, match="unknown layer 'conv1'"):
+        to_variational(base, "variance", layers=["conv1"])
+    with pytest.raises(LowlossError, match="unknown layer '1'"):  # strings are names, ints positions
+        to_variational(base, "variance", layers=["1"])
+
+
+def test_variance_layers_spec_and_old_runs(digits):
+    from lowloss.methods.vardrop import VardropConfig, build_variational, lenet5_ref, resolve_variance_layers
+
+    net = lenet5_ref((1, 28, 28), 10)
+    assert resolve_variance_layers("all", net) == ["0", "4", "9"]       # conv1, conv2, dense1
+    assert resolve_variance_layers("alternate", net) == ["0", "9"]      # conv1, dense1
+    assert resolve_variance_layers("first", net) == ["0"]
+    assert resolve_variance_layers("last", net) == ["9"]
+    assert resolve_variance_layers("2, 3", net) == ["4", "9"]
+    with pytest.raises(LowlossError, match="output layer.*--variance-last"):
+        resolve_variance_layers("1,4", net)
+    with pytest.raises(LowlossError, match="at least one hidden layer"):
+        resolve_variance_layers("all", nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+    cfg = asdict(VardropConfig(model="mlp", model_options={"widths": "8,8,8"}, posterior="variance", device="cpu"))
+    names = lambda c: [m.posterior for _, m in variational_layers(build_variational(c, digits, "cpu")[0])]  # noqa: E731
+    assert build_variational(cfg, digits, "cpu")[0].variational_layer_names == ("net.5",)  # default: last hidden
+    alt = dict(cfg, variance_layers="alternate")
+    assert build_variational(alt, digits, "cpu")[0].variational_layer_names == ("net.1", "net.5")
+    old = {k: v for k, v in cfg.items() if k != "variance_layers"}  # runs written before the option: all hidden
+    assert names(old) == ["variance"] * 3
+    assert names(dict(cfg, posterior="weight")) == ["weight"] * 4    # other posteriors convert every layer
+
+
+def test_bad_variance_layers_fail_before_writing(tmp_path, digits):
+    from lowloss.methods.vardrop import VardropConfig, train_vardrop
+
+    cfg = VardropConfig(model="mlp", model_options={"widths": "8"}, posterior="variance", variance_layers="2",
+                        epochs=1, device="cpu")
+    with pytest.raises(LowlossError, match="output layer"):
+        train_vardrop(cfg, tmp_path / "bad", quiet=True, data=digits)
+    for bad, match in ((dict(anneal_epochs=-1.0), "anneal-epochs"), (dict(noise_lr=0.0), "noise-lr"),
+                       (dict(variance_layers="fc9"), "unknown layer 'fc9'.*1=net.1, 2=net.3")):
+        with pytest.raises(LowlossError, match=match):
+            train_vardrop(replace(cfg, **{"variance_layers": "1", **bad}), tmp_path / "bad", quiet=True, data=digits)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("posterior,param", [("layer", "log_alpha"), ("additive", "log_sigma2")])
+def test_noise_lr_moves_log_alpha_and_log_sigma2_of_every_posterior(tmp_path, digits, posterior, param):
+    from lowloss.methods.vardrop import VardropConfig, build_variational, load_vardrop, train_vardrop
+    from lowloss.utils import seed_everything
+
+    cfg = VardropConfig(model="mlp", model_options={"widths": "16"}, posterior=posterior, epochs=1, samples=2,
+                        device="cpu")
+    seed_everything(cfg.seed)  # the start of every run, as train_vardrop builds it
+    start = dict(variational_layers(build_variational(asdict(cfg), digits, "cpu")[0]))
+    moved = {}
+    for name, lr in (("slow", None), ("fast", 0.05)):
+        train_vardrop(replace(cfg, noise_lr=lr), tmp_path / name, quiet=True, data=digits)
+        m, _, _ = load_vardrop(tmp_path / name, data=digits)
+        moved[name] = max((getattr(layer, param) - getattr(start[n], param)).abs().median().item()
+                          for n, layer in variational_layers(m))
+    assert moved["fast"] > 5 * moved["slow"], moved

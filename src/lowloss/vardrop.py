@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -275,7 +275,8 @@ def variational_from(module: nn.Module, posterior: str, *, from_weights: bool = 
 
 def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = True, log_alpha_init: float = -5.0,
                    log_sigma2_init: float | None = None, dropout_p: float = 0.5,
-                   skip: tuple[str, ...] = (), last_posterior: str | None = None) -> nn.Module:
+                   skip: tuple[str, ...] = (), last_posterior: str | None = None,
+                   layers: Sequence[int | str] | None = None) -> nn.Module:
     """A copy of `model` whose nn.Linear and nn.Conv2d layers are variational; everything else is kept.
 
     Walks the module tree of a deep copy (the user's module is left untouched) and replaces every
@@ -287,14 +288,20 @@ def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = Tru
     own posterior, or "plain" to keep it an ordinary point-estimate layer. A variance network needs this:
     with zero-mean weights in the output layer the logits of an input are symmetric around the bias, so
     P(argmax = y) <= P(argmin != y) and one-sample accuracy can never exceed 50%.
+
+    `layers` converts only some layers: ints are 1-based positions among the Linear/Conv2d layers in module
+    order (the first convolution is 1), strings qualified names; the others stay ordinary layers. The last layer
+    is converted when listed, or when `last_posterior` names a posterior.
     """
     if posterior not in POSTERIORS:
         raise LowlossError(f"unknown posterior '{posterior}'; valid: {', '.join(POSTERIORS)}")
     if last_posterior not in (None, "plain", *POSTERIORS):
         raise LowlossError(f"unknown last-layer posterior '{last_posterior}'; valid: plain, {', '.join(POSTERIORS)}")
-    candidates = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-                  and not isinstance(m, VARIATIONAL_TYPES) and n not in skip]
+    candidates = [n for n in convertible_layers(model) if n not in skip]
     last = candidates[-1] if candidates and last_posterior is not None else None
+    if layers is not None:
+        chosen = select_layers(candidates, layers)
+        skip = (*skip, *(n for n in candidates if n not in chosen and not (n == last and last_posterior != "plain")))
     if last_posterior == "plain":
         skip = (*skip, last)
     new = copy.deepcopy(model)
@@ -320,6 +327,31 @@ def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = Tru
                            "build the model from those layers or use VariationalLinear/VariationalConv2d directly")
     new.variational_layer_names = tuple(replaced)
     return new
+
+
+def select_layers(candidates: Sequence[str], layers: Sequence[int | str]) -> list[str]:
+    """Qualified names of `layers` (ints: 1-based positions in `candidates`; strings: names from it), in module
+    order."""
+    listing = ", ".join(f"{i}={n}" for i, n in enumerate(candidates, 1))
+    chosen = set()
+    for item in layers:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 1 <= item <= len(candidates):
+                raise LowlossError(f"layer {item} does not exist: the model's dense/conv layers are {listing}")
+            chosen.add(candidates[item - 1])
+        elif item in candidates:
+            chosen.add(item)
+        else:
+            raise LowlossError(f"unknown layer '{item}': the model's dense/conv layers are {listing}")
+    if not chosen:
+        raise LowlossError(f"no layer selected; the model's dense/conv layers are {listing}")
+    return [n for n in candidates if n in chosen]
+
+
+def convertible_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the nn.Linear / nn.Conv2d layers :func:`to_variational` can convert, in module order."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+            and not isinstance(m, VARIATIONAL_TYPES)]
 
 
 def variational_layers(model: nn.Module) -> list[tuple[str, _VariationalLayer]]:
@@ -374,5 +406,6 @@ def layer_statistics(model: nn.Module) -> dict[str, dict]:
 
 
 __all__ = ["POSTERIORS", "MODES", "K1", "K2", "K3", "kl_log_uniform", "kl_log_uniform_mc", "VariationalLinear",
-           "VariationalConv2d", "variational_from", "to_variational", "variational_layers", "kl_divergence",
+           "VariationalConv2d", "variational_from", "to_variational", "select_layers", "convertible_layers",
+           "variational_layers", "kl_divergence",
            "set_mode", "prediction_mode", "layer_statistics"]
