@@ -404,3 +404,17 @@ def test_noise_lr_moves_log_alpha_and_log_sigma2_of_every_posterior(tmp_path, di
         moved[name] = max((getattr(layer, param) - getattr(start[n], param)).abs().median().item()
                           for n, layer in variational_layers(m))
     assert moved["fast"] > 5 * moved["slow"], moved
+
+
+def test_variance_network_matches_dropout_with_the_ensemble_scheme(tmp_path, digits):
+    """The slides' phenomenon end to end (the quick study's setting, about 15 s): the variance network predicts
+    at chance with the mean weights, and its ensemble is within 2 points of Gaussian dropout's."""
+    from lowloss.methods.vardrop import VardropConfig, train_all
+
+    cfg = VardropConfig(model="mlp", model_options={"widths": "512,512"}, lr=0.01, epochs=60, device="cpu")
+    s = train_all(cfg, tmp_path, ("variance", "dropout"), quiet=True, data=digits)
+    v, d = s["variance"], s["dropout"]
+    assert v["deterministic"]["accuracy"] <= 0.2 < 0.9 <= d["deterministic"]["accuracy"]
+    assert v["ensemble"]["accuracy"] >= d["ensemble"]["accuracy"] - 0.02
+    assert v["ensemble"]["accuracy"] > v["stochastic"]["accuracy"]
+    assert v["elbo"] > d["elbo"]  # the variance network has the better ELBO, as in the slides

@@ -436,14 +436,14 @@ def format_table(schemes: dict) -> str:
 
 
 def train_all(config: VardropConfig, out: str | Path, posteriors=POSTERIORS, *, resume: bool = False,
-              quiet: bool = False) -> dict:
+              quiet: bool = False, data: Dataset | None = None) -> dict:
     """Train each posterior in turn into out/<posterior>/ (finished ones are skipped), then write
-    out/schemes.json, out/schemes.md and out/log_alpha.png. Returns the schemes dict."""
+    out/schemes.json, out/schemes.md and out/log_alpha.png. Returns the schemes dict. `data` (the dataset of
+    `config`, already loaded) saves loading it again."""
     from ..plots.vardrop import plot_log_alpha
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = None
     infos = {}
     for post in posteriors:
         cfg = replace(config, posterior=post)
