@@ -22,7 +22,8 @@ _D = VardropConfig()
 @click.option("--posterior", default="all", show_default=True,
               help=f"{', '.join(POSTERIORS)}, a comma-separated list, or all. weight/neuron/layer: "
                    "N(mu, alpha mu^2) with alpha per weight/output unit/layer; additive: N(mu, sigma^2); "
-                   "variance: N(0, sigma^2); dropout: Gaussian dropout with fixed alpha = p/(1-p).")
+                   "variance: N(0, sigma^2) in the layers of --variance-layers; dropout: Gaussian dropout with fixed "
+                   "alpha = p/(1-p).")
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Epochs per posterior.")
 @click.option("--lr", type=float, default=_D.lr, show_default=True,
               help="Adam learning rate, decayed linearly to lr * --final-lr-ratio.")
