@@ -1,5 +1,6 @@
 """Variational dropout / variance layers: KL approximation, local reparameterisation, conversion, schemes."""
 
+import json
 import math
 from dataclasses import asdict, replace
 
@@ -216,7 +217,15 @@ def test_kl_per_posterior_and_mode_switch():
 
 
 def test_training_resumes_exactly_and_writes_schemes(tmp_path, digits):
-    from lowloss.methods.vardrop import VardropConfig, load_vardrop, train_all, train_vardrop
+    from lowloss.methods.vardrop import (
+        VardropConfig,
+        anneal_epochs_of,
+        kl_weight,
+        load_vardrop,
+        log_alpha_per_layer,
+        train_all,
+        train_vardrop,
+    )
 
     cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="weight", epochs=2,
                         samples=4, anneal_epochs=1.0, device="cpu")
@@ -239,8 +248,15 @@ def test_training_resumes_exactly_and_writes_schemes(tmp_path, digits):
     cfg = replace(cfg, epochs=1)
     schemes = train_all(cfg, out, ("variance", "dropout"), quiet=True)
     assert list(schemes) == ["variance", "dropout"]
-    assert read_json(out / "schemes.json") == read_json(out / "schemes.json")
+    assert read_json(out / "schemes.json") == json.loads(json.dumps(schemes))
     assert (out / "schemes.md").read_text().count("\n| ") == 3 and (out / "log_alpha.png").stat().st_size > 0
+    # the figure's data: the default variance network has one variance layer; the others are point estimates
+    stats = log_alpha_per_layer(out / "variance", data=digits)
+    assert list(stats) == ["net.1", "net.3"] and torch.isinf(stats["net.1"]).all() and (stats["net.1"] > 0).all()
+    assert (stats["net.3"] == -math.inf).all() and stats["net.3"].numel() == 16 * 10
+    # the KL warm-up defaults to half of the epochs
+    assert anneal_epochs_of(replace(cfg, epochs=30, anneal_epochs=None)) == 15.0
+    assert kl_weight(15.0, 3.0) == pytest.approx(0.2) and kl_weight(15.0, 20.0) == 1.0 == kl_weight(0.0, 0.0)
     # variance network, deterministic scheme: the same prediction for every input
     m, _, _ = load_vardrop(out / "variance", data=digits)
     with torch.no_grad(), prediction_mode(m, "mean"):

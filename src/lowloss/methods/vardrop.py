@@ -474,13 +474,19 @@ def train_all(config: VardropConfig, out: str | Path, posteriors=POSTERIORS, *, 
     return merged
 
 
-def log_alpha_per_layer(path: Path, data: Dataset | None = None) -> dict[str, torch.Tensor | None]:
-    """Per variational layer of a finished run: the per-weight log alpha (+inf for a variance layer)."""
+def log_alpha_per_layer(path: Path, data: Dataset | None = None) -> dict[str, torch.Tensor]:
+    """Per dense/conv layer of a finished run, in module order: the per-weight log alpha (+inf for a variance
+    layer, -inf for a layer left a point estimate)."""
+    from ..vardrop import VARIATIONAL_TYPES
+
     model, _, _ = load_vardrop(path, device="cpu", data=data.to("cpu") if data is not None else None)
     out = {}
     with torch.no_grad():
-        for name, m in variational_layers(model):
-            la = m.weight_log_alpha()
-            n = math.prod(m.weight_shape)
-            out[name] = torch.full((n,), math.inf, dtype=torch.float64) if la is None else la.reshape(-1).double().cpu()
+        for name, m in model.named_modules():
+            if isinstance(m, VARIATIONAL_TYPES):
+                la = m.weight_log_alpha()
+                n = math.prod(m.weight_shape)
+                out[name] = torch.full((n,), math.inf, dtype=torch.float64) if la is None else la.reshape(-1).double().cpu()
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                out[name] = torch.full((m.weight.numel(),), -math.inf, dtype=torch.float64)
     return out

@@ -3,7 +3,8 @@
 log alpha = -2 log SNR with SNR = |mu| / sigma. Weights right of log alpha = 3 (SNR < 0.22) carry their
 information in the variance rather than the mean: a network whose weights all sit there has drifted to a
 variance network (Neklyudov et al. 2018), and its deterministic (mean-weight) prediction fails.
-Variance layers (mu = 0) have log alpha = +inf and are drawn as a bar beyond the right edge.
+Variance layers (mu = 0) have log alpha = +inf and are drawn as a bar beyond the right edge; layers left
+point estimates (sigma = 0, log alpha = -inf) are named in the legend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ VARIANCE_THRESHOLD = 3.0
 
 def plot_log_alpha(stats: dict[str, dict[str, torch.Tensor]], path: str | Path, *, bins: int = 56,
                    lo: float = -12.0, hi: float = 16.0, title: str = "") -> Path:
-    """`stats`: {posterior: {layer name: per-weight log alpha (1-D; +inf for variance layers)}}.
+    """`stats`: {posterior: {layer name: per-weight log alpha (1-D; +inf for variance layers, -inf for layers
+    left point estimates, which are only named in the legend)}}.
 
     One panel per posterior; per layer a step histogram (fraction of the layer's weights per bin, so
     layers of different sizes compare), a vertical line where all of a layer's weights share one log
@@ -41,6 +43,9 @@ def plot_log_alpha(stats: dict[str, dict[str, torch.Tensor]], path: str | Path, 
             color = f"C{i % 10}"
             la = la.reshape(-1).double()
             n = la.numel()
+            if bool((torch.isinf(la) & (la < 0)).all()):  # a point-estimate layer: named in the legend only
+                ax.plot([], [], color=color, lw=0, marker="x", label=f"{layer} ({n}): point estimate")
+                continue
             total += n
             above += int((la > VARIANCE_THRESHOLD).sum())
             inf = torch.isinf(la) & (la > 0)
