@@ -387,7 +387,10 @@ def test_variance_layers_spec_and_old_runs(digits):
     assert build_variational(alt, digits, "cpu")[0].variational_layer_names == ("net.1", "net.5")
     old = {k: v for k, v in cfg.items() if k != "variance_layers"}  # runs written before the option: all hidden
     assert names(old) == ["variance"] * 3
-    assert names(dict(cfg, posterior="weight")) == ["weight"] * 4    # other posteriors convert every layer
+    assert names(dict(cfg, posterior="weight")) == ["weight"] * 4    # VD posteriors convert every layer
+    # the dropout baseline puts its noise into the variance network's layers (old runs: every layer)
+    drop = build_variational(dict(cfg, posterior="dropout"), digits, "cpu")[0]
+    assert drop.variational_layer_names == ("net.5",) and names(dict(old, posterior="dropout")) == ["dropout"] * 4
 
 
 def test_bad_variance_layers_fail_before_writing(tmp_path, digits):

@@ -23,7 +23,7 @@ _D = VardropConfig()
               help=f"{', '.join(POSTERIORS)}, a comma-separated list, or all. weight/neuron/layer: "
                    "N(mu, alpha mu^2) with alpha per weight/output unit/layer; additive: N(mu, sigma^2); "
                    "variance: N(0, sigma^2) in the layers of --variance-layers; dropout: Gaussian dropout with fixed "
-                   "alpha = p/(1-p).")
+                   "alpha = p/(1-p) in the same layers.")
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Epochs per posterior.")
 @click.option("--lr", type=float, default=_D.lr, show_default=True,
               help="Adam learning rate, decayed linearly to lr * --final-lr-ratio.")
@@ -50,11 +50,12 @@ _D = VardropConfig()
               help="Output layer of the variance network: a weight-wise VD layer, a plain point-estimate layer, "
                    "or a variance layer too (zero-mean logits: one-sample accuracy <= 50%).")
 @click.option("--variance-layers", default=_D.variance_layers, show_default=True,
-              help="Hidden layers of the variance network that are variance layers: last (the layer that feeds "
-                   "the output layer), first, alternate (dense/conv layers 1, 3, 5, ...), all, or 1-based positions "
-                   "/ layer names such as 1,3; the others stay point estimates. One variance layer already routes "
-                   "all information through variances; stacks train slowly (mnist5k lenet5_ref, 30 epochs: all "
-                   "three 84.5% ensemble accuracy, last 98.1%, dropout 98.6%).")
+              help="Hidden layers of the variance network that are variance layers, and of the dropout baseline "
+                   "that are dropout layers: last (the layer that feeds the output layer), first, alternate "
+                   "(dense/conv layers 1, 3, 5, ...), all, or 1-based positions / layer names such as 1,3; the "
+                   "others stay point estimates. One variance layer already routes all information through "
+                   "variances; stacks train slowly (mnist5k lenet5_ref, 30 epochs: all three 84.5% ensemble "
+                   "accuracy, last 98.1%).")
 @click.option("--init", "init_run", type=click.Path(exists=True, file_okay=False), default=None,
               help="Take mu (and biases) from a finished `lowloss train` run of the same model and data "
                    "[default: fresh initialisation].")

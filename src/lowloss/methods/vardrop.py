@@ -63,9 +63,10 @@ class VardropConfig:
     init: str | None = None               # a finished `lowloss train` run to take mu from (None: fresh)
     variance_last: str = "plain"          # posterior of the output layer of a variance network (or "plain",
     #                                       "variance"; see lowloss.vardrop.to_variational)
-    variance_layers: str = "last"         # hidden layers that become variance layers: last, first, alternate,
-    #                                       all, or 1-based positions / names ("1,3"); the rest stay point
-    #                                       estimates. See VARIANCE_LAYERS_NOTE.
+    variance_layers: str = "last"         # hidden layers that become variance layers (and, for the dropout
+    #                                       baseline, dropout layers): last, first, alternate, all, or 1-based
+    #                                       positions / names ("1,3"); the rest stay point estimates.
+    #                                       See VARIANCE_LAYERS_NOTE.
     samples: int = 20                     # K of the ensemble scheme
     seed: int = 0
     data_seed: int = 0
@@ -89,8 +90,9 @@ VARIANCE_LAYERS_NOTE = (
     "whose inputs are non-negative ReLU features. A variance layer sees only x^2, so as a first layer on "
     "standardised inputs it cannot tell a pixel below the mean from one above it (digits mlp: 87% ensemble "
     "accuracy, against 98% for the last hidden layer). Stacks of variance layers train slowly: mnist5k lenet5_ref, "
-    "30 epochs, all three hidden layers 84.5%, conv1 + dense1 97.0%, the last alone 98.1% (dropout: 98.6%); see "
-    "docs/vardrop.md.")
+    "30 epochs, all three hidden layers 84.5%, conv1 + dense1 97.0%, the last alone 98.1%; see docs/vardrop.md. "
+    "The dropout baseline puts Gaussian dropout into the same layers, so the two networks differ only in the kind "
+    "of noise (the reference's LeNet-5 has its dropout before the same dense layer).")
 
 
 def resolve_variance_layers(spec: str, base: torch.nn.Module) -> list[str]:
@@ -183,8 +185,11 @@ def build_variational(cfg: dict, data: Dataset | None = None, device=None):
     else:
         base, data = build_from_config(cfg, data, device)
     variance = cfg["posterior"] == "variance"
-    # runs written before variance_layers existed made every hidden layer a variance layer
-    layers = resolve_variance_layers(cfg.get("variance_layers", "all"), base) if variance else None
+    # the variance network and its dropout counterpart put their noise into the same hidden layers; runs written
+    # before variance_layers existed made every hidden layer a variance layer, and every layer a dropout layer
+    layers = None
+    if variance or (cfg["posterior"] == "dropout" and "variance_layers" in cfg):
+        layers = resolve_variance_layers(cfg.get("variance_layers", "all"), base)
     model = to_variational(base, cfg["posterior"], from_weights=True, log_alpha_init=cfg["log_alpha_init"],
                            log_sigma2_init=cfg.get("log_sigma2_init"), dropout_p=cfg["dropout_p"],
                            last_posterior=cfg.get("variance_last") if variance else None, layers=layers)
@@ -393,7 +398,8 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
 
 KL_NOTE = ("KL to the log-uniform prior, Molchanov et al. (2017) approximation, normalised to 0 as alpha -> inf; "
            "variance layers: the constant KL counted as that limit, 0; dropout: the constant KL at alpha = p/(1-p) "
-           "(no gradient, reported only); biases are point estimates without KL.")
+           "(no gradient, reported only); biases, and the layers a variance or dropout network leaves "
+           "deterministic, are point estimates without KL.")
 
 
 def load_vardrop(path: str | Path, device=None, data: Dataset | None = None):
