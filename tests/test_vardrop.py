@@ -364,6 +364,8 @@ def test_only_some_layers_become_variational():
         to_variational(base, "variance", layers=["conv1"])
     with pytest.raises(LowlossError, match="unknown layer '1'"):  # strings are names, ints positions
         to_variational(base, "variance", layers=["1"])
+    with pytest.raises(LowlossError, match="no layer of MLP is left"):
+        to_variational(base, "variance", layers=[4], last_posterior="plain")
 
 
 def test_variance_layers_spec_and_old_runs(digits):

@@ -298,12 +298,13 @@ def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = Tru
     if last_posterior not in (None, "plain", *POSTERIORS):
         raise LowlossError(f"unknown last-layer posterior '{last_posterior}'; valid: plain, {', '.join(POSTERIORS)}")
     candidates = [n for n in convertible_layers(model) if n not in skip]
-    last = candidates[-1] if candidates and last_posterior is not None else None
-    if layers is not None:
-        chosen = select_layers(candidates, layers)
-        skip = (*skip, *(n for n in candidates if n not in chosen and not (n == last and last_posterior != "plain")))
+    convert = set(candidates if layers is None else select_layers(candidates, layers))
+    last = candidates[-1] if candidates else None
+    own_last = last_posterior not in (None, "plain")  # the last layer gets last_posterior
     if last_posterior == "plain":
-        skip = (*skip, last)
+        convert.discard(last)
+    elif own_last:
+        convert.add(last)
     new = copy.deepcopy(model)
     replaced = []
 
@@ -312,8 +313,8 @@ def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = Tru
             full = f"{prefix}{name}"
             if isinstance(child, VARIATIONAL_TYPES):
                 continue
-            if isinstance(child, (nn.Linear, nn.Conv2d)) and full not in skip:
-                post = last_posterior if full == last else posterior
+            if isinstance(child, (nn.Linear, nn.Conv2d)) and full in convert:
+                post = last_posterior if own_last and full == last else posterior
                 setattr(parent, name, variational_from(child, post, from_weights=from_weights,
                                                        log_alpha_init=log_alpha_init,
                                                        log_sigma2_init=log_sigma2_init, dropout_p=dropout_p))
@@ -322,6 +323,9 @@ def to_variational(model: nn.Module, posterior: str, *, from_weights: bool = Tru
                 walk(child, f"{full}.")
 
     walk(new, "")
+    if not replaced and candidates:
+        raise LowlossError(f"no layer of {type(model).__name__} is left to make variational: layers={list(layers or [])} "
+                           f"and last_posterior={last_posterior!r} exclude all of {', '.join(candidates)}")
     if not replaced:
         raise LowlossError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to make variational; "
                            "build the model from those layers or use VariationalLinear/VariationalConv2d directly")
