@@ -49,7 +49,7 @@ class VardropConfig:
     model: str = "lenet5"
     model_options: dict = field(default_factory=dict)
     posterior: str = "weight"
-    epochs: int = 50
+    epochs: int = 200                     # the reference setting (METHODS.md section 7)
     lr: float = 1e-3
     final_lr_ratio: float = 0.0          # linear decay from lr to lr * final_lr_ratio
     batch_size: int = 100
