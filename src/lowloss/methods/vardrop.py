@@ -7,6 +7,30 @@ and a linearly decaying learning rate, as in the reference setting (Molchanov et
 ensemble (average of the probabilities of K samples), stochastic (one sample) and deterministic (the mean
 weights E w). :func:`train_all` trains several posteriors into DIR/<posterior>/ and writes the comparison
 (DIR/schemes.json, DIR/schemes.md, DIR/log_alpha.png).
+
+Why the defaults are what they are (measured on mnist5k; docs/vardrop.md has the tables):
+
+variance_layers: Which hidden layers of a variance network are variance layers. One is enough for the
+phenomenon: a variance layer's mean output is the same for every input, so all information about the input
+that reaches the output passes through its variances and the deterministic scheme is at chance. The default is
+the last hidden layer, whose inputs are non-negative ReLU features. A variance layer sees only x^2, so as a
+first layer on standardised inputs it cannot tell a pixel below the mean from one above it (digits mlp: 87%
+ensemble accuracy, against 98% for the last hidden layer). Stacks of variance layers train slowly: mnist5k
+lenet5_ref, 30 epochs, all three hidden layers 84.5%, conv1 + dense1 97.0%, the last alone 98.1%; see
+docs/vardrop.md. The dropout baseline puts Gaussian dropout into the same layers, so the two networks differ
+only in the kind of noise (the reference's LeNet-5 has its dropout before the same dense layer).
+
+noise_lr: log alpha and log sigma^2 live on a log scale, where Adam's step (about lr per step, whatever the
+gradient's size) is small: at lr 1e-3 a few thousand steps move log alpha by a few units, so on a small
+dataset the posteriors stay near their initial alpha = e^-5 and variance layers barely learn. The reference
+code runs 60k steps, and parameterises a variance layer's sigma itself (Adam at lr 1e-3 then changes sigma^2
+by 1-10% per step). We keep the log scale and give these parameters their own, larger learning rate.
+
+anneal_epochs: The KL term pulls the means of the additive posterior N(mu, sigma^2) to zero with a force ~1/(N
+mu) per weight; on a small training set (mnist5k: N = 4,000) that wins in the first epoch, every layer
+including the output becomes a variance layer, and the network predicts at chance (ELBO -9.3e3; lenet5, 30
+epochs). Raising the KL weight from 0 to 1 over the first half of training lets the data term set the means
+first (ELBO -2.3e3, ensemble accuracy 96.8%). The objective is the true ELBO once the weight reaches 1.
 """
 
 from __future__ import annotations
@@ -54,11 +78,11 @@ class VardropConfig:
     final_lr_ratio: float = 0.0          # linear decay from lr to lr * final_lr_ratio
     batch_size: int = 100
     anneal_epochs: float | None = None   # KL weight rises linearly from 0 to 1 over these epochs (0: off;
-    #                                       None: half of `epochs`). See ANNEAL_NOTE.
+    #                                       None: half of `epochs`). See the module docstring.
     log_alpha_init: float = -5.0
     log_sigma2_init: float | None = None  # additive/variance fresh init; None: sigma = |w| of the (fresh) weights
     noise_lr: float | None = 0.05         # Adam lr of the noise parameters, log alpha and log sigma^2 (same
-    #                                       linear decay); None: --lr. See NOISE_LR_NOTE.
+    #                                       linear decay); None: --lr. See the module docstring.
     dropout_p: float = 0.5                # the dropout baseline: alpha = p / (1 - p)
     init: str | None = None               # a finished `lowloss train` run to take mu from (None: fresh)
     variance_last: str = "plain"          # posterior of the output layer of a variance network (or "plain",
@@ -66,7 +90,7 @@ class VardropConfig:
     variance_layers: str = "last"         # hidden layers that become variance layers (and, for the dropout
     #                                       baseline, dropout layers): last, first, alternate, all, or 1-based
     #                                       positions / names ("1,3"); the rest stay point estimates.
-    #                                       See VARIANCE_LAYERS_NOTE.
+    #                                       See the module docstring.
     samples: int = 20                     # K of the ensemble scheme
     seed: int = 0
     data_seed: int = 0
@@ -74,25 +98,7 @@ class VardropConfig:
     device: str = "auto"
 
 
-NOISE_LR_NOTE = (
-    "log alpha and log sigma^2 live on a log scale, where Adam's step (about lr per step, whatever the gradient's "
-    "size) is small: at lr 1e-3 a few thousand steps move log alpha by a few units, so on a small dataset the "
-    "posteriors stay near their initial alpha = e^-5 and variance layers barely learn. The reference code runs "
-    "60k steps, and parameterises a variance layer's sigma itself (Adam at lr 1e-3 then changes sigma^2 by 1-10% "
-    "per step). We keep the log scale and give these parameters their own, larger learning rate.")
-
-
 VARIANCE_LAYERS = ("last", "first", "alternate", "all")
-VARIANCE_LAYERS_NOTE = (
-    "Which hidden layers of a variance network are variance layers. One is enough for the phenomenon: a variance "
-    "layer's mean output is the same for every input, so all information about the input that reaches the output "
-    "passes through its variances and the deterministic scheme is at chance. The default is the last hidden layer, "
-    "whose inputs are non-negative ReLU features. A variance layer sees only x^2, so as a first layer on "
-    "standardised inputs it cannot tell a pixel below the mean from one above it (digits mlp: 87% ensemble "
-    "accuracy, against 98% for the last hidden layer). Stacks of variance layers train slowly: mnist5k lenet5_ref, "
-    "30 epochs, all three hidden layers 84.5%, conv1 + dense1 97.0%, the last alone 98.1%; see docs/vardrop.md. "
-    "The dropout baseline puts Gaussian dropout into the same layers, so the two networks differ only in the kind "
-    "of noise (the reference's LeNet-5 has its dropout before the same dense layer).")
 
 
 def resolve_variance_layers(spec: str, base: torch.nn.Module) -> list[str]:
@@ -249,14 +255,6 @@ class AdamTrainer(Trainer):
         self.opt = ScaledAdam([{"params": ps, "lr_scale": k} for k, ps in groups.items()], lr=self.lr(0.0),
                               betas=betas)
         self.extra["adam"] = OptimizerState(self.opt, {id(p): n for n, p in self.params.items()})
-
-
-ANNEAL_NOTE = (
-    "The KL term pulls the means of the additive posterior N(mu, sigma^2) to zero with a force ~1/(N mu) per "
-    "weight; on a small training set (mnist5k: N = 4,000) that wins in the first epoch, every layer including the "
-    "output becomes a variance layer, and the network predicts at chance (ELBO -9.3e3; lenet5, 30 epochs). "
-    "Raising the KL weight from 0 to 1 over the first half of training lets the data term set the means first "
-    "(ELBO -2.3e3, ensemble accuracy 96.8%). The objective is the true ELBO once the weight reaches 1.")
 
 
 def anneal_epochs_of(config) -> float:
