@@ -52,9 +52,12 @@ from ..train import Stateful, TensorState, Trainer, lr_schedule
 from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
 from ..vardrop import (
     POSTERIORS,
+    VARIATIONAL_TYPES,
+    convertible_layers,
     kl_divergence,
     layer_statistics,
     prediction_mode,
+    select_layers,
     to_variational,
     variational_layers,
 )
@@ -108,8 +111,6 @@ def resolve_variance_layers(spec: str, base: torch.nn.Module) -> list[str]:
     1, 3, 5, ... in module order), "all", or a comma-separated list of 1-based positions (numbers) or qualified
     layer names. The output layer (the last dense/conv layer) is never among them: it follows ``variance_last``.
     """
-    from ..vardrop import convertible_layers, select_layers
-
     names = convertible_layers(base)
     if len(names) < 2:
         raise LowlossError(f"{type(base).__name__} has {len(names)} dense/conv layer(s); a variance network needs at "
@@ -325,7 +326,8 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
         raise LowlossError(f"unknown posterior '{cfg['posterior']}'; valid: {', '.join(POSTERIORS)} (or all)")
     if cfg["epochs"] < 1 or cfg["samples"] < 1 or cfg["batch_size"] < 1:
         raise LowlossError("--epochs, --samples and --batch-size must be positive")
-    if anneal_epochs_of(config) < 0:
+    anneal = anneal_epochs_of(config)
+    if anneal < 0:
         raise LowlossError(f"--anneal-epochs must be >= 0 (0: no KL warm-up), got {config.anneal_epochs}")
     if config.lr <= 0 or (config.noise_lr is not None and config.noise_lr <= 0):
         raise LowlossError("--lr and --noise-lr must be positive")
@@ -344,7 +346,6 @@ def train_vardrop(config: VardropConfig, out: str | Path, *, resume: bool = Fals
     n_batches = data.train.num_batches(config.batch_size)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     lr_scales = {}
-    anneal = anneal_epochs_of(config)
     if config.noise_lr is not None:
         lr_scales = {f"{n}.{k}": config.noise_lr / config.lr for n, m in variational_layers(model)
                      for k in ("log_alpha", "log_sigma2") if f"{n}.{k}" in trainable}
@@ -481,8 +482,6 @@ def train_all(config: VardropConfig, out: str | Path, posteriors=POSTERIORS, *, 
 def log_alpha_per_layer(path: Path, data: Dataset | None = None) -> dict[str, torch.Tensor]:
     """Per dense/conv layer of a finished run, in module order: the per-weight log alpha (+inf for a variance
     layer, -inf for a layer left a point estimate)."""
-    from ..vardrop import VARIATIONAL_TYPES
-
     model, _, _ = load_vardrop(path, device="cpu", data=data.to("cpu") if data is not None else None)
     out = {}
     with torch.no_grad():
