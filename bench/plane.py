@@ -1,4 +1,4 @@
-"""Benchmark of the evaluation engine (lowloss.evaluate.evaluate_vectors) and of `lowloss plane`.
+"""Benchmark of the evaluation engine (lowloss.engine.evaluate.evaluate_vectors) and of `lowloss plane`.
 
 Measured in ONE run on the same machine:
   * float32 matmul FLOP/s (torch.mm, 2048 x 2048): the physical reference;
@@ -29,7 +29,7 @@ import torch
 
 from lowloss import params as P
 from lowloss.data import load_dataset
-from lowloss.evaluate import evaluate_vectors
+from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.models import build_model
 from lowloss.utils import keep_freed_memory
 
@@ -133,7 +133,8 @@ def bench_model(name: str, data, n_plain: int, n_engine: int, seed: int = 0) -> 
 
 def bench_plane(out: Path, grid: int) -> dict:
     from lowloss.methods.plane import PlaneConfig, compute_plane, inputs_from_runs
-    from lowloss.runs import TrainConfig, train_mode
+    from lowloss.methods.train import Config as TrainConfig
+    from lowloss.methods.train import train as train_mode
 
     runs = []
     for s in range(3):

@@ -289,7 +289,7 @@ def test_resume_equals_uninterrupted(small, two_modes, tmp_path, monkeypatch):
     full = C.connect(SmallBNNet(), a, b, small, out=tmp_path / "full", **kw)
 
     # 1) interrupted right after epoch 1's checkpoint
-    from lowloss.train import Trainer
+    from lowloss.engine.train import Trainer
 
     orig_save = Trainer.save_checkpoint
 
@@ -337,7 +337,8 @@ def test_resume_equals_uninterrupted(small, two_modes, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ runs
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    from lowloss.runs import TrainConfig, train_mode
+    from lowloss.methods.train import Config as TrainConfig
+    from lowloss.methods.train import train as train_mode
 
     root = tmp_path_factory.mktemp("runs")
 

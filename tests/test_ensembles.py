@@ -24,7 +24,9 @@ from lowloss.methods.fge import (
 )
 from lowloss.methods.predictor import run_predictor
 from lowloss.methods.swa import RunningAverage, SWAConfig, run_swa, swa_cyclic_lr, train_and_collect
-from lowloss.runs import TrainConfig, load_run, train_mode
+from lowloss.methods.train import Config as TrainConfig
+from lowloss.methods.train import train as train_mode
+from lowloss.rundir import load_run
 from lowloss.utils import LowlossError
 
 TINY = dict(model="mlp", model_options={"widths": "16", "bn": True}, batch_size=256, device="cpu")  # 6 steps/epoch

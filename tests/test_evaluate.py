@@ -5,7 +5,7 @@ import torch
 
 from lowloss import params as P
 from lowloss.data import Dataset, TensorSplit
-from lowloss.evaluate import evaluate_vectors, plan_chunks
+from lowloss.engine.evaluate import evaluate_vectors, plan_chunks
 
 
 def _small(digits, n_train=160, n_test=60) -> Dataset:
@@ -145,7 +145,7 @@ def test_chunking_invariance(digits, tiny_bn, chunk, eval_batch):
 
 def test_calibration_probs_and_labels_match_metrics(digits, tiny_bn):
     from lowloss import metrics as M
-    from lowloss.evaluate import bn_buffers_for, predict_probs
+    from lowloss.engine.evaluate import bn_buffers_for, predict_probs
 
     model = tiny_bn.double()
     data = _small(digits)
@@ -245,7 +245,7 @@ def test_keep_freed_memory_can_be_turned_off():
 
 
 def test_default_bn_batch_is_the_whole_set_when_it_fits(digits, tiny_bn):
-    from lowloss.evaluate import EVAL_BATCH, bn_buffers_for, default_bn_batch
+    from lowloss.engine.evaluate import EVAL_BATCH, bn_buffers_for, default_bn_batch
 
     model = tiny_bn.double()
     data = _small(digits)

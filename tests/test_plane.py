@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lowloss.data import Dataset, TensorSplit
-from lowloss.evaluate import evaluate_vectors
+from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.methods import plane as PL
 from lowloss.subspaces.plane import Plane, grid_axes, grid_coordinates
 from lowloss.utils import LowlossError
@@ -112,7 +112,7 @@ def test_plane_grid_corner_is_the_anchor_and_resume_matches(tmp_path):
 
 
 def test_curve_and_simplex_projection(tmp_path):
-    from lowloss.runs import save_state
+    from lowloss.rundir import save_tensors as save_state
 
     model, data, (a, b, c) = _tiny_setup()
     # a quadratic Bezier with its bend at c lies in the plane through a, b, c
@@ -148,7 +148,8 @@ def test_curve_and_simplex_projection(tmp_path):
 
 def test_cli_plane_through_three_runs(tmp_path):
     from lowloss.cli import main
-    from lowloss.runs import TrainConfig, train_mode
+    from lowloss.methods.train import Config as TrainConfig
+    from lowloss.methods.train import train as train_mode
 
     runs = []
     for s in range(3):

@@ -97,7 +97,8 @@ def test_save_complex_format(tmp_path):
 def test_espro_run_dir_end_to_end(tmp_path):
     from lowloss.methods.predictor import load_predictor
     from lowloss.methods.spro import espro_simplex, load_complex
-    from lowloss.runs import TrainConfig, train_mode
+    from lowloss.methods.train import Config as TrainConfig
+    from lowloss.methods.train import train as train_mode
 
     train_mode(TrainConfig(model="mlp", epochs=2, device="cpu"), tmp_path / "m", quiet=True)
     res = espro_simplex(tmp_path / "m", tmp_path / "s", vertices=3, cfg=SproConfig(epochs=1, samples=2),

@@ -15,7 +15,8 @@ from lowloss.methods.swag import (
     run_swag,
     swag_predictor,
 )
-from lowloss.runs import TrainConfig, train_mode
+from lowloss.methods.train import Config as TrainConfig
+from lowloss.methods.train import train as train_mode
 from lowloss.subspaces.gaussian import SwagGaussian
 
 TINY = dict(model="mlp", model_options={"widths": "16", "bn": True}, batch_size=256, device="cpu")
@@ -155,7 +156,7 @@ def test_multiswag_is_a_stratified_mixture(runs, digits, tmp_path):
 def test_curve_swag_samples_new_curves_between_the_same_endpoints(runs, digits, tmp_path):
     from lowloss.methods.connect import save_curve
     from lowloss.methods.swag import run_curve_swag
-    from lowloss.runs import load_runs
+    from lowloss.rundir import load_runs
     from lowloss.subspaces.curves import make_curve
 
     ra, rb = load_runs(runs, device="cpu")

@@ -5,9 +5,11 @@ import torch
 from safetensors.torch import load_file
 
 from lowloss.data import load_dataset
+from lowloss.engine.schedules import lr_schedule
+from lowloss.methods.train import Config as TrainConfig
+from lowloss.methods.train import train as train_mode
 from lowloss.models import build_model
-from lowloss.runs import TrainConfig, load_run, train_mode
-from lowloss.train import lr_schedule
+from lowloss.rundir import load_run
 from lowloss.utils import LowlossError
 
 
@@ -55,7 +57,7 @@ def test_run_json_layout_and_reload(tmp_path):
     assert 0 <= on_disk["final"]["test"]["accuracy"] <= 1
     assert len(on_disk["history"]) == 2 and "test_accuracy" in on_disk["history"][0]
     run = load_run(tmp_path / "r")
-    from lowloss.evaluate import evaluate_vector
+    from lowloss.engine.evaluate import evaluate_vector
 
     res = evaluate_vector(run.model, run.vector, run.data)
     assert res["test"]["accuracy"] == pytest.approx(info["final"]["test"]["accuracy"])
@@ -64,7 +66,7 @@ def test_run_json_layout_and_reload(tmp_path):
 def test_checkpoint_that_does_not_fit_names_tensors(tmp_path):
     train_mode(_cfg(epochs=1), tmp_path / "r", quiet=True)
     cfg = json.loads((tmp_path / "r" / "run.json").read_text())
-    cfg["config"]["model_options"] = {"width": 0.5}
+    cfg["model"]["model_options"] = {"width": 0.5}
     (tmp_path / "r" / "run.json").write_text(json.dumps(cfg))
     with pytest.raises(LowlossError, match=r"shape differs: features\.0\.weight"):
         load_run(tmp_path / "r")

@@ -113,7 +113,7 @@ def test_materialise_fixes_sampled_members():
 def _tiny_runs(tmp_path, digits, n=2):
     """Run directories of a tiny (untrained, randomly initialised) MLP on digits, written directly."""
     from lowloss.models import build_model
-    from lowloss.runs import save_state
+    from lowloss.rundir import save_tensors as save_state
     from lowloss.utils import write_json
 
     dirs = []

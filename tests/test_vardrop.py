@@ -11,7 +11,7 @@ from torch.func import vmap
 
 from lowloss.models import build_model
 from lowloss.utils import LowlossError, read_json
-from lowloss.vardrop import (
+from lowloss.variational import (
     EXACT_KL_CONSTANT,
     POSTERIORS,
     VariationalConv2d,

@@ -1,14 +1,41 @@
-"""lowloss: find, measure and use the low-loss regions of neural-network loss surfaces."""
+"""lowloss: find, measure and use the low-loss regions of neural-network loss surfaces.
 
-__version__ = "0.1.0"
+The package top is light: the methods are imported when first used (``lowloss.run``, ``lowloss.connect``).
+"""
 
-from .data import load_dataset  # noqa: E402
-from .methods.connect import connect, load_curve  # noqa: E402  (mode connectivity, issue 3)
-from .models import build_model  # noqa: E402
-from .params import flatten, functional_forward, recompute_bn, unflatten  # noqa: E402
-from .runs import TrainConfig, load_run, train_mode  # noqa: E402
-from .utils import LowlossError  # noqa: E402
+from ._version import __version__
+from .api import run
+from .errors import LowlossError
 
-__all__ = ["LowlossError", "TrainConfig", "build_model", "flatten", "functional_forward", "load_dataset",
-           "load_run", "recompute_bn", "train_mode", "unflatten"]
-__all__ += ["connect", "load_curve"]
+
+def __getattr__(name):  # the heavier API, imported on first use
+    if name in ("flatten", "functional_forward", "recompute_bn", "unflatten"):
+        from . import params
+
+        return getattr(params, name)
+    if name == "load_dataset":
+        from .data import load_dataset
+
+        return load_dataset
+    if name == "build_model":
+        from .models import build_model
+
+        return build_model
+    if name in ("load_run", "RunDir"):
+        from . import rundir
+
+        return getattr(rundir, name)
+    if name in ("connect", "load_curve"):
+        from .methods import connect
+
+        return getattr(connect, name)
+    if name in ("train", "TrainConfig"):
+        from .methods import train
+
+        return train.train if name == "train" else train.Config
+    raise AttributeError(f"module 'lowloss' has no attribute '{name}'")
+
+
+__all__ = ["LowlossError", "RunDir", "TrainConfig", "__version__", "build_model", "connect", "flatten",
+           "functional_forward", "load_curve", "load_dataset", "load_run", "recompute_bn", "run", "train",
+           "unflatten"]

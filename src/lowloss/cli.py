@@ -1,62 +1,110 @@
-"""The `lowloss` command. Each subcommand lives in lowloss/commands/<name>.py and is imported lazily."""
+"""The `lowloss` command: one subcommand per method, its options generated from the method's Config.
+
+A method module (``lowloss.methods.<name>``, see :data:`lowloss.api.METHODS`) defines ``Config`` (defaults and help), ``INPUTS`` (its
+positional run directories, or None), ``fit`` and ``summary``; :func:`method_command` turns it into a
+click command, so no default or help text is written twice. Listing the commands (``lowloss --help``)
+imports no method module: the one-line descriptions live in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import sys
 
 import click
 
-from .utils import LowlossError
+from .config import fields_of
+from .errors import LowlossError
 
-# name -> module; a module exposes `command` (a click.Command). Listed in the order `--help` shows them.
-COMMANDS = {
-    "study": "lowloss.commands.study",
-    "train": "lowloss.commands.train",
-    "eval": "lowloss.commands.eval",
-    "connect": "lowloss.commands.connect",
-    "plane": "lowloss.commands.plane",
-    "ensemble": "lowloss.commands.ensemble",
-    "fge": "lowloss.commands.fge",
-    "sse": "lowloss.commands.sse",
-    "swa": "lowloss.commands.swa",
-    "swag": "lowloss.commands.swag",
-    "budget": "lowloss.commands.budget",
-    "simplex": "lowloss.commands.simplex",
-    "espro": "lowloss.commands.espro",
-    "complex": "lowloss.commands.complex",
-    "dimension": "lowloss.commands.dimension",
-    "calibrate": "lowloss.commands.calibrate",
-    "shift": "lowloss.commands.shift",
-    "regression": "lowloss.commands.regression",
-    "spirals": "lowloss.commands.spirals",
-    "vardrop": "lowloss.commands.vardrop",
+# name -> one-line description, in the order `--help` shows them; `study` is lowloss.study.command, every
+# other name is a method (lowloss.api.METHODS)
+COMMANDS: dict[str, str] = {
+    "study": "Run the whole study into --out (resumable stages), then summary.json and report.html.",
+    "train": "Train one network with SGD (a mode).",
+    "eval": "Accuracy, NLL, ECE and Brier of runs and of their ensemble.",
+    "connect": "Connect two runs with a trained low-loss curve.",
+    "plane": "The loss surface on the plane through three runs, a curve or a simplex face.",
+    "ensemble": "Evaluate an ensemble of runs, snapshots or SWAG samples.",
+    "fge": "Fast Geometric Ensembling from a trained run.",
+    "sse": "Snapshot ensemble: cosine restarts from scratch.",
+    "swa": "Stochastic Weight Averaging from a trained run.",
+    "swag": "SWAG / MultiSWAG from trained runs, or SWAG over a curve's bends.",
+    "budget": "FGE, SSE, SWA, SWAG, MultiSWAG and deep ensembles at equal budget.",
+    "simplex": "SPRO: a low-loss simplex grown from one run.",
+    "espro": "ESPRO simplex ensembles grown from each run.",
+    "complex": "A simplicial complex connecting several modes (SPRO).",
+    "dimension": "The dimensionality of the low-loss valley between two modes.",
+    "calibrate": "Calibration and temperature scaling of runs.",
+    "shift": "Ensembles under dataset shift (corrupted test images).",
+    "regression": "1-D regression uncertainty bands.",
+    "spirals": "Two spirals: functional diversity inside a simplex.",
+    "vardrop": "Variational dropout and variance networks.",
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx):
-        return [n for n, m in COMMANDS.items() if importlib.util.find_spec(m) is not None]
-
-    def get_command(self, ctx, name):
-        mod = COMMANDS.get(name)
-        if mod is None or importlib.util.find_spec(mod) is None:
-            return None
-        return importlib.import_module(mod).command
+def _click_type(spec):
+    if spec.choices:
+        return click.Choice([str(c) for c in spec.choices])
+    if spec.parse is not None or spec.type in (dict, list, tuple) or getattr(spec.type, "__origin__", None):
+        return str
+    return spec.type if spec.type in (int, float, str) else str
 
 
-def common_options(out: str | None = None, seed: int = 0):
-    """The options every lowloss command shares: --out, --seed, --device, --quiet."""
+def config_options(config_cls, skip: tuple[str, ...] = ()):
+    """A decorator that adds one click option per field of `config_cls` (not those in `skip`)."""
+
+    def deco(f):
+        for spec in reversed(fields_of(config_cls)):
+            if spec.name in skip:
+                continue
+            kw = {"help": spec.help}
+            if spec.type is bool:
+                flag = spec.flag
+                decls = [flag] if not spec.default else [f"{flag}/--no-{flag[2:]}"]
+                f = click.option(*decls, spec.name, default=bool(spec.default), show_default=bool(spec.default),
+                                 **kw)(f)
+                continue
+            if spec.multiple:
+                f = click.option(spec.flag, spec.name, multiple=True, metavar=spec.metavar, **kw)(f)
+                continue
+            default = spec.default
+            if isinstance(default, (tuple, list)) and spec.parse is not None:
+                default = ",".join(str(d) for d in default)
+            f = click.option(spec.flag, spec.name, type=_click_type(spec), default=default, nargs=spec.nargs or 1,
+                             metavar=spec.metavar, show_default=default is not None and default != (), **kw)(f)
+        return f
+
+    return deco
+
+
+def config_from_options(config_cls, kw: dict):
+    """The Config built from the options that :func:`config_options` added (popped from `kw`)."""
+    values = {}
+    for spec in fields_of(config_cls):
+        if spec.name not in kw:
+            continue
+        v = kw.pop(spec.name)
+        if spec.multiple:
+            v = tuple(v)
+        if spec.nargs and not v:
+            v = None
+        if spec.parse is not None and v is not None:
+            v = spec.parse(v)
+        values[spec.name] = v
+    return config_cls(**values)
+
+
+def run_options(name: str):
+    """The options every method command shares: --out, --resume, --fresh, --no-plots, --quiet."""
 
     def deco(f):
         @click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages (errors still print).")
-        @click.option("--device", default="auto", show_default=True,
-                      help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps.")
-        @click.option("--seed", type=int, default=seed, show_default=True, help="Random seed; runs are reproducible.")
-        @click.option("--out", type=click.Path(file_okay=False), default=out, required=out is None,
-                      show_default=out is not None, help="Output run directory.")
+        @click.option("--no-plots", is_flag=True, help="Write the data files only, no figures.")
+        @click.option("--fresh", is_flag=True, help="Discard what --out holds from an earlier run and start over.")
+        @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+        @click.option("--out", type=click.Path(file_okay=False), default=f"runs/{name}", show_default=True,
+                      help="Output run directory.")
         @functools.wraps(f)
         def wrapper(*a, **kw):
             return f(*a, **kw)
@@ -66,17 +114,50 @@ def common_options(out: str | None = None, seed: int = 0):
     return deco
 
 
-def data_options(f):
-    """--data, --data-dir and --data-seed (the fixed train/test split), shared by commands that load data."""
-    f = click.option("--data-seed", type=int, default=0, show_default=True,
-                     help="Seed of the fixed train/test split or synthetic draw (keep it equal across runs "
-                          "you want to connect or ensemble).")(f)
-    f = click.option("--data-dir", type=click.Path(), default=None,
-                     help="Folder with torchvision-format mnist / fashion-mnist / cifar10 / cifar100 (never downloaded).")(f)
-    f = click.option("--data", default="digits", show_default=True,
-                     help="digits, mnist5k, spirals, regression1d (embedded) or mnist, fashion-mnist, cifar10, "
-                          "cifar100 (with --data-dir).")(f)
-    return f
+def method_command(name: str) -> click.Command:
+    """The click command of a method module: INPUTS as arguments, Config fields as options."""
+    from .api import method_module
+
+    mod = method_module(name)
+    inputs = getattr(mod, "INPUTS", None)
+
+    def callback(**kw):
+        from .api import run
+
+        out, resume, fresh, quiet, no_plots = (kw.pop(k) for k in ("out", "resume", "fresh", "quiet", "no_plots"))
+        args = kw.pop("inputs", None) if inputs is not None else None
+        if args is not None and not isinstance(args, (tuple, list)):
+            args = [args]
+        config = config_from_options(mod.Config, kw)
+        result = run(name, config, list(args) if args is not None else None, out, resume=resume, fresh=fresh,
+                     quiet=quiet, plots=not no_plots)
+        line = mod.summary(result) if hasattr(mod, "summary") and result else ""
+        if line and not quiet:
+            click.echo(f"{out}: {line}")
+
+    f = run_options(name)(config_options(mod.Config)(callback))
+    if inputs is not None:
+        f = click.argument("inputs", metavar=inputs["metavar"], nargs=inputs.get("nargs", -1),
+                           required=inputs.get("required", True),
+                           type=click.Path(exists=True, file_okay=False))(f)
+    doc = (mod.__doc__ or "").strip()
+    return click.command(name=name, help=doc, short_help=COMMANDS[name])(f)
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        if name == "study":
+            return importlib.import_module("lowloss.study").command
+        return method_command(name)
+
+    def format_commands(self, ctx, formatter):  # the static descriptions: no method module is imported
+        with formatter.section("Commands"):
+            formatter.write_dl(list(COMMANDS.items()))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -95,10 +176,7 @@ def main(argv=None):
     except LowlossError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted; run the same command with --resume to continue", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted; run the same command with --resume to continue", err=True)
         sys.exit(130)
     except click.ClickException as e:

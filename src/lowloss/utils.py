@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class LowlossError(Exception):
-    """An error caused by the user's input; the CLI prints its message without a traceback."""
+from .errors import LowlossError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -49,10 +47,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def versions() -> dict[str, str]:
-    import lowloss
+    from ._version import __version__
 
     out = {
-        "lowloss": lowloss.__version__,
+        "lowloss": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..cli import common_options
+from ..engine.schedules import SCHEDULES
 from ..methods.connect import ConnectConfig
-from ..train import SCHEDULES
 
 _D = ConnectConfig()
 

@@ -25,7 +25,7 @@ def command(runs, split, out, seed, device, quiet):
     import torch
 
     from .. import metrics as M
-    from ..evaluate import predict_probs
+    from ..engine.evaluate import predict_probs
     from ..runs import load_runs
     from ..utils import write_json
 

@@ -6,7 +6,7 @@ import click
 
 from ..cli import common_options, data_options
 from ..methods.vardrop import VardropConfig
-from ..vardrop import POSTERIORS
+from ..variational import POSTERIORS
 
 _D = VardropConfig()
 

@@ -39,9 +39,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .. import metrics as M
-from ..runs import TrainConfig, save_state, train_mode
-from ..train import Trainer
+from ..engine.train import Trainer
+from ..rundir import save_tensors as save_state
 from ..utils import LowlossError, echo, progress, read_json, versions, write_json
+from .train import Config as TrainConfig
+from .train import train as train_mode
 
 METHODS = ("single", "ensemble", "sse", "fge", "swa", "swag", "multiswag")
 METRICS = ("accuracy", "nll", "ece", "brier")
@@ -262,7 +264,7 @@ class BudgetRunner:
                                                       seed), need=n)
 
     def _swa_probs(self, d: Path) -> torch.Tensor:
-        from ..evaluate import bn_buffers_for, predict_probs
+        from ..engine.evaluate import bn_buffers_for, predict_probs
         from .ensemble import model_and_data
         from .swag import load_swag
 

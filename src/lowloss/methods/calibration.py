@@ -98,7 +98,7 @@ def materialise(pred: Predictor, generator: torch.Generator | None = None, bn_su
     Sampled predictors (SWAG, simplexes) draw their samples here, once: every later split (calibration,
     evaluation, each corruption) then sees the same members and no member's BN statistics are recomputed.
     """
-    from ..evaluate import bn_buffers_for
+    from ..engine.evaluate import bn_buffers_for
     from ..params import has_batchnorm
     from ..utils import progress
 

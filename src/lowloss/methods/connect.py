@@ -6,7 +6,7 @@
 any ``nn.Module`` (through :func:`lowloss.methods.fit.fit_subspace`: one t per minibatch, or the batch
 split among ``t_per_batch`` values; BatchNorm in train mode; weight decay on phi(t); endpoints fixed
 unless ``free_endpoints``), then evaluates the curve AND the line segment at ``points`` equally spaced t
-with the shared engine (:func:`lowloss.evaluate.evaluate_vectors`, BN statistics recomputed per point):
+with the shared engine (:func:`lowloss.engine.evaluate.evaluate_vectors`, BN statistics recomputed per point):
 train/test loss and error, plus the error and NLL of the two-model ensemble {w_A, phi(t)}.
 
 With ``out`` it writes a run directory: ``curve.safetensors`` (the control points), ``curve.json`` (the
@@ -26,10 +26,10 @@ from torch import nn
 
 from .. import metrics as M
 from ..data import Dataset
-from ..evaluate import evaluate_vectors
+from ..engine.evaluate import evaluate_vectors
+from ..engine.train import Trainer
 from ..params import Forward, flatten, has_batchnorm, num_params
 from ..subspaces.curves import CURVES, Curve, Line, curve_class, make_curve
-from ..train import Trainer
 from ..utils import LowlossError, echo, progress, read_json, seed_everything, versions, write_json
 from .fit import FitConfig, fit_subspace
 
@@ -347,7 +347,7 @@ def _same(a, b) -> bool:
 # ------------------------------------------------------------------------------------------ files
 def save_curve(path: Path, curve: Curve, runs, free_endpoints: bool = False) -> None:
     """control_0..control_{n-1} as flat [P] float32 vectors; metadata curve, num_bends, runs (JSON list)."""
-    from ..runs import save_state
+    from ..rundir import save_tensors as save_state
 
     tensors = {f"control_{i}": curve.control(i).detach().float() for i in range(curve.num_controls)}
     save_state(path, tensors, {"curve": curve.kind, "num_bends": str(curve.num_bends), "runs": json.dumps(runs),
@@ -385,7 +385,7 @@ def load_curve(directory, device=None):
 
     The curve's controls are on the run's device; the Run gives the module, the data and w_A.
     """
-    from ..runs import load_run
+    from ..rundir import load_run
 
     directory = Path(directory)
     curve, meta = _load_controls(directory)
@@ -420,7 +420,7 @@ def _find_run(p: str, directory: Path) -> Path:
 def connect_runs(run_a, run_b, *, out, device=None, resume: bool = False, quiet: bool = False,
                  **kw) -> ConnectResult:
     """`lowloss connect RUN_A RUN_B`: load two finished runs (same architecture and data) and connect them."""
-    from ..runs import load_runs
+    from ..rundir import load_runs
 
     runs = load_runs([run_a, run_b], device=device)
     a, b = runs

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .. import metrics as M
-from ..train import Stateful
+from ..engine.train import Stateful
 from ..utils import LowlossError
 from .predictor import Predictor
 
@@ -103,7 +103,7 @@ def save_members(directory: str | Path, members: Sequence[tuple[torch.Tensor, Ma
                  base_run: str | Path | None = None, config: dict | None = None, extra_meta: dict | None = None,
                  ) -> Path:
     """Write DIR/members.safetensors (atomically). Either `base_run` or `config` names model and data."""
-    from ..runs import save_state
+    from ..rundir import save_tensors as save_state
 
     if not members:
         raise LowlossError(f"no snapshots to save in {directory}: the schedule collected none "
@@ -131,7 +131,7 @@ def read_members(directory: str | Path, device=None) -> tuple[list[tuple[torch.T
 
 def model_and_data(meta: dict, directory: Path, device=None):
     """(model, data) for a snapshot folder or SWAG directory, from its base run or its stored config."""
-    from ..runs import build_from_config, load_run
+    from ..rundir import build_from_config, load_run
 
     base = meta.get("base_run") or ""
     if base:
@@ -203,7 +203,7 @@ def evaluate_directories(dirs, *, out: Path | None = None, samples: int = 30, sc
                          split: str = "test", recompute_bn: bool = False, seed: int = 0, device=None,
                          quiet: bool = True) -> dict:
     """Metrics of each directory's predictive distribution and of their equal-weight average."""
-    from ..runs import save_state
+    from ..rundir import save_tensors as save_state
     from ..utils import progress, versions, write_json
 
     inputs, per_dir, labels = [], [], None

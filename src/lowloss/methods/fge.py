@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import params as P
-from ..train import TensorState, Trainer, supervised_loss
+from ..engine.train import TensorState, Trainer, supervised_loss
 from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
 from .ensemble import SnapshotCollector, ensemble_curve, member_probs, save_members, snapshot_predictor
 
@@ -169,7 +169,7 @@ def _summarise(out: Path, method: str) -> dict:
 def run_fge(base_run: str | Path, cfg: FGEConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
             data=None, stop_after_epochs: int | None = None, evaluate: bool = True) -> dict:
     """Fast Geometric Ensembling from the run in `base_run`; writes out/members.safetensors and out/fge.json."""
-    from ..runs import load_run
+    from ..rundir import load_run
 
     out = Path(out)
     config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}
@@ -218,7 +218,7 @@ def run_sse(train_cfg, cfg: SSEConfig, out: str | Path, *, resume: bool = False,
     """Snapshot ensemble (cosine restarts from scratch) with model, data, momentum, wd, batch size and seed of
     `train_cfg` (a runs.TrainConfig; its epochs, lr and schedule are replaced by the cycles)."""
     from ..models import parse_options
-    from ..runs import build_from_config
+    from ..rundir import build_from_config
 
     out = Path(out)
     tc = asdict(train_cfg)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.schedules import lr_schedule
+from ..engine.train import Trainer
 from ..params import Forward, functional_forward
-from ..train import Trainer, lr_schedule
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The plane goes through three run directories, through a curve (its two endpoints and its middle control
 point, as in Garipov et al.), or through three vertices of a simplex (Benton et al.). Every grid point is
-w(x, y) = origin + x u + y v, evaluated by :func:`lowloss.evaluate.evaluate_vectors` (BN statistics
+w(x, y) = origin + x u + y v, evaluated by :func:`lowloss.engine.evaluate.evaluate_vectors` (BN statistics
 recomputed per point when the model has BatchNorm). The grid is computed in chunks that are saved
 atomically as they finish (``DIR/chunks/``), so an interrupted run continues where it stopped.
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluate import evaluate_vectors
+from ..engine.evaluate import evaluate_vectors
 from ..subspaces.plane import Plane, grid_axes, grid_coordinates
 from ..utils import LowlossError, atomic_path, echo, progress, read_json, versions, write_json
 
@@ -141,7 +141,7 @@ def simplex_edges(simplexes) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def inputs_from_runs(run_dirs, device=None) -> PlaneInputs:
-    from ..runs import load_runs
+    from ..rundir import load_runs
 
     if len(run_dirs) != 3:
         raise LowlossError(f"a plane needs exactly three runs (got {len(run_dirs)}); or use --curve / --simplex")
@@ -151,7 +151,7 @@ def inputs_from_runs(run_dirs, device=None) -> PlaneInputs:
 
 
 def inputs_from_curve(curve_dir, device=None, num_points: int = 61) -> PlaneInputs:
-    from ..runs import load_run
+    from ..rundir import load_run
 
     c = load_curve(curve_dir)
     run = load_run(c["runs"][0], device=device)
@@ -171,7 +171,7 @@ def inputs_from_curve(curve_dir, device=None, num_points: int = 61) -> PlaneInpu
 
 
 def inputs_from_simplex(simplex_dir, face, device=None) -> PlaneInputs:
-    from ..runs import load_run
+    from ..rundir import load_run
 
     s = load_simplex(simplex_dir)
     verts = s["vertices"]
@@ -239,7 +239,7 @@ def compute_plane(inputs: PlaneInputs, cfg: PlaneConfig, out: str | Path, *, qui
                   fresh: bool = False, stop_after_chunks: int | None = None) -> dict:
     """Evaluate the grid (resuming from saved chunks) and write plane.npz / plane.json. Returns a summary
     (with ``"finished": False`` when stopped early on purpose by `stop_after_chunks`)."""
-    from ..runs import save_state
+    from ..rundir import save_tensors as save_state
 
     out = Path(out)
     splits = _splits_for(cfg.metrics)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..evaluate import bn_buffers_for, predict_logits
+from ..engine.evaluate import bn_buffers_for, predict_logits
 from ..params import has_batchnorm
 from ..utils import LowlossError
 
@@ -99,7 +99,7 @@ LOADERS: dict[str, str] = {
 
 
 def run_predictor(path, device=None) -> Predictor:
-    from ..runs import load_run
+    from ..rundir import load_run
 
     run = load_run(path, device=device)
     return Predictor(run.model, run.data, fixed=[(run.vector, run.buffers)], name=str(path))
@@ -107,7 +107,7 @@ def run_predictor(path, device=None) -> Predictor:
 
 def ensemble_predictor(paths, device=None) -> Predictor:
     """A deep ensemble of finished run directories (same architecture and data)."""
-    from ..runs import load_runs
+    from ..rundir import load_runs
 
     runs = load_runs(paths, device=device)
     members = [(r.vector, r.buffers) for r in runs]

@@ -78,7 +78,9 @@ def train_full_batch(config: dict, out: Path, quiet: bool = True) -> Path:
     cosine learning rate; write a run directory (model.safetensors, run.json). Reused when already there."""
     from ..data import load_dataset
     from ..models import build_model
-    from ..runs import MODEL_FILE, RUN_FILE, save_state
+    from ..rundir import MODEL_FILE
+    from ..rundir import RESULT_FILE as RUN_FILE
+    from ..rundir import save_tensors as save_state
 
     out = Path(out)
     if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists():
@@ -140,7 +142,7 @@ def _run_regression(cfg: RegressionConfig, out, *, quiet: bool = False) -> dict:
     and regression.png."""
     from ..data import regression_truth
     from ..plots.uncertainty import plot_regression
-    from ..runs import load_run
+    from ..rundir import load_run
 
     cfg.check()
     out = Path(out)
@@ -206,7 +208,7 @@ def _run_regression(cfg: RegressionConfig, out, *, quiet: bool = False) -> dict:
 
 def _espro_members(cfg: RegressionConfig, mode_dirs, out: Path, gen: torch.Generator, quiet: bool):
     """Grow (or reopen) one simplex per mode; `samples` draws spread over the simplexes."""
-    from ..runs import load_run
+    from ..rundir import load_run
     from .spro import SIMPLEX_FILE, SproConfig, grow_complex, load_complex, sample_vectors, save_complex
 
     scfg = SproConfig(epochs=cfg.vertex_epochs, lr=cfg.vertex_lr, lmbda=cfg.lmbda, wd=cfg.wd,

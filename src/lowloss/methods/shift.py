@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from .. import metrics as M
 from ..corruptions import CORRUPTIONS, corrupt_split
-from ..runs import save_state
+from ..rundir import save_tensors as save_state
 from ..utils import LowlossError, echo, progress, read_json, versions, write_json
 from .calibration import CalibrationPlan, fit_temperature, log_mean_probs, materialise, scaled_probs
 from .predictor import Predictor

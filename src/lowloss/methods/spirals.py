@@ -51,7 +51,7 @@ def _probs(model, vectors, x: torch.Tensor) -> torch.Tensor:
 
 def _run_spirals(cfg: SpiralsConfig, out, *, quiet: bool = False) -> dict:
     from ..plots.uncertainty import plot_spirals
-    from ..runs import load_run
+    from ..rundir import load_run
     from .spro import SIMPLEX_FILE, SproConfig, grow_complex, load_complex, sample_vectors, save_complex
 
     cfg.check()

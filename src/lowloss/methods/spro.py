@@ -38,8 +38,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import metrics as M
-from ..evaluate import evaluate_vector, evaluate_vectors
-from ..runs import load_run, load_runs, save_state
+from ..engine.evaluate import evaluate_vector, evaluate_vectors
+from ..rundir import load_run, load_runs
+from ..rundir import save_tensors as save_state
 from ..subspaces.simplex import Complex, restrict_simplexes
 from ..utils import LowlossError, echo, read_json, versions, write_json
 from .fit import FitConfig, fit_subspace
@@ -386,7 +387,7 @@ def espro(run_dirs: Sequence, out, *, vertices: int = 3, cfg: SproConfig | None 
                                   run.data, quiet=quiet)
             probs.append(ev["probs"])
             y = ev["labels"]
-        from ..evaluate import predict_probs
+        from ..engine.evaluate import predict_probs
         p, _ = predict_probs(run.model, run.vector, run.data.test, bufs=run.buffers)
         mode_probs.append(p.float().cpu())
         per.append({"run": str(rd), "dir": str(sub), "log_volume": res["log_volume"], "test": res["test"],

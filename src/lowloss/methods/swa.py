@@ -23,7 +23,7 @@ import torch
 from torch.optim.swa_utils import get_swa_avg_fn
 
 from .. import params as P
-from ..train import Stateful, TensorState, Trainer, supervised_loss
+from ..engine.train import Stateful, TensorState, Trainer, supervised_loss
 from ..utils import LowlossError, read_json, resolve_device, seed_everything, versions, write_json
 from .fge import StepSchedule
 
@@ -160,8 +160,10 @@ def base_hyper(run, cfg) -> tuple[float, float, int]:
 def run_swa(base_run: str | Path, cfg: SWAConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
             data=None, stop_after_epochs: int | None = None) -> dict:
     """SWA from `base_run`; writes an ordinary run directory (model.safetensors with recomputed BN, run.json)."""
-    from ..evaluate import bn_buffers_for, evaluate_vector
-    from ..runs import MODEL_FILE, RUN_FILE, load_run, save_state, start_run_dir
+    from ..engine.evaluate import bn_buffers_for, evaluate_vector
+    from ..rundir import MODEL_FILE, load_run, start_run_dir
+    from ..rundir import RESULT_FILE as RUN_FILE
+    from ..rundir import save_tensors as save_state
 
     out = Path(out)
     config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 from .. import metrics as M
 from .. import params as P
+from ..engine.train import Stateful, Trainer
 from ..subspaces.gaussian import SwagGaussian
-from ..train import Stateful, Trainer
 from ..utils import (
     LowlossError,
     echo,
@@ -111,7 +111,7 @@ def save_swag(out: Path, moments: SwagMoments, *, base_run: str | Path | None = 
               scale: float = 0.5, extra_meta: dict | None = None) -> Path:
     import json
 
-    from ..runs import save_state
+    from ..rundir import save_tensors as save_state
 
     t = {"mean": moments.mean, "sq_mean": moments.sq_mean}
     dev = moments.deviations
@@ -221,8 +221,8 @@ def _bma_summary(pred: Predictor, seed: int) -> dict:
 def run_swag(base_run: str | Path, cfg: SWAGConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
              data=None, samples: int = 30, evaluate: bool = True, stop_after_epochs: int | None = None) -> dict:
     """SWAG from `base_run`: writes out/swag.safetensors and out/swag.json (SWA and SWAG metrics)."""
-    from ..evaluate import bn_buffers_for, evaluate_vector
-    from ..runs import load_run, start_run_dir
+    from ..engine.evaluate import bn_buffers_for, evaluate_vector
+    from ..rundir import load_run, start_run_dir
 
     out = Path(out)
     config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}
@@ -303,7 +303,7 @@ def curve_with_bends(curve, theta: torch.Tensor, bends: list[int]):
 
 
 def _curve_train_losses(model, curve, data, t: torch.Tensor) -> list[float]:
-    from ..evaluate import evaluate_vectors
+    from ..engine.evaluate import evaluate_vectors
 
     with torch.no_grad():
         vecs = curve.points(t[:, None].to(curve.device)).detach()

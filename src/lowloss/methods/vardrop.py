@@ -46,11 +46,13 @@ from safetensors.torch import load_file
 from .. import metrics as M
 from .. import params as P
 from ..data import Dataset
-from ..evaluate import evaluate_vectors, predict_probs
-from ..runs import build_from_config, load_run, load_state_into, save_state, start_run_dir
-from ..train import Stateful, TensorState, Trainer, lr_schedule
+from ..engine.evaluate import evaluate_vectors, predict_probs
+from ..engine.schedules import lr_schedule
+from ..engine.train import Stateful, TensorState, Trainer
+from ..rundir import build_from_config, load_run, load_state_into, start_run_dir
+from ..rundir import save_tensors as save_state
 from ..utils import LowlossError, echo, read_json, resolve_device, seed_everything, versions, write_json
-from ..vardrop import (
+from ..variational import (
     POSTERIORS,
     VARIATIONAL_TYPES,
     convertible_layers,
@@ -89,7 +91,7 @@ class VardropConfig:
     dropout_p: float = 0.5                # the dropout baseline: alpha = p / (1 - p)
     init: str | None = None               # a finished `lowloss train` run to take mu from (None: fresh)
     variance_last: str = "plain"          # posterior of the output layer of a variance network (or "plain",
-    #                                       "variance"; see lowloss.vardrop.to_variational)
+    #                                       "variance"; see lowloss.variational.to_variational)
     variance_layers: str = "last"         # hidden layers that become variance layers (and, for the dropout
     #                                       baseline, dropout layers): last, first, alternate, all, or 1-based
     #                                       positions / names ("1,3"); the rest stay point estimates.
@@ -229,7 +231,7 @@ class OptimizerState(Stateful):
 
 class ScaledAdam(torch.optim.Adam):
     """Adam whose parameter groups may carry an ``lr_scale``: each step uses lr * lr_scale for that group, so a
-    schedule that sets every group's lr (as :class:`lowloss.train.Trainer` does) keeps the ratio."""
+    schedule that sets every group's lr (as :class:`lowloss.engine.train.Trainer` does) keeps the ratio."""
 
     def step(self, closure=None):
         saved = [g["lr"] for g in self.param_groups]
@@ -243,7 +245,7 @@ class ScaledAdam(torch.optim.Adam):
 
 
 class AdamTrainer(Trainer):
-    """:class:`lowloss.train.Trainer` (progress bar, per-epoch atomic checkpoint, exact resume) with Adam.
+    """:class:`lowloss.engine.train.Trainer` (progress bar, per-epoch atomic checkpoint, exact resume) with Adam.
     `lr_scales` maps parameter names to a multiplier of the scheduled learning rate (default 1)."""
 
     def __init__(self, params, loss_fn, data, *, betas=(0.9, 0.999), lr_scales: dict | None = None, **kw):

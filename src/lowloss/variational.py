@@ -366,7 +366,7 @@ def kl_divergence(model: nn.Module) -> torch.Tensor:
     """Total KL(q || log-uniform prior) of all variational layers, in nats."""
     layers = variational_layers(model)
     if not layers:
-        raise LowlossError("the model has no variational layers: convert it with lowloss.vardrop.to_variational")
+        raise LowlossError("the model has no variational layers: convert it with lowloss.variational.to_variational")
     return torch.stack([m.kl() for _, m in layers]).sum()
 
 

@@ -1,15 +1,18 @@
-"""One SGD trainer for everything lowloss trains: modes, curves, simplexes, SWA/SWAG/FGE iterates.
+"""One trainer for everything lowloss trains: modes, curves, simplexes, SWA/SWAG/FGE iterates, variational
+networks and full-batch regression modes.
 
 :class:`Trainer` minimises a user-given minibatch loss over any set of leaf tensors (a module's
-parameters, a curve's control points, a simplex's vertices) with SGD + momentum, a per-step learning
-rate schedule, a progress bar with ETA, an atomic checkpoint every epoch and exact resume (parameters,
-optimiser state, extra state such as BN buffers or SWA moments, and every RNG).
+parameters, a curve's control points, a simplex's vertices) with an optimiser from
+:func:`make_optimizer` (SGD with momentum, or Adam; parameter groups may scale the scheduled learning
+rate), a per-step learning-rate schedule (:mod:`lowloss.engine.schedules`), a progress bar with ETA, an
+atomic checkpoint every epoch (or every ``checkpoint_every`` epochs) and exact resume (parameters,
+optimiser state, extra state such as BN buffers or SWA moments, and every RNG). :class:`Collect` is the
+one hook that takes snapshots or averages along the trajectory (FGE, SSE, SWA, SWAG, MultiSWAG).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .utils import LowlossError, atomic_path, progress
+from ..utils import LowlossError, atomic_path, progress
 
-SCHEDULES = ("constant", "cosine", "step", "curve", "linear")
+OPTIMIZERS = ("sgd", "adam")
+
 
 
 def supervised_loss(model: torch.nn.Module, classification: bool) -> Callable:
@@ -33,36 +37,6 @@ def supervised_loss(model: torch.nn.Module, classification: bool) -> Callable:
         return torch.nn.functional.mse_loss(out, y), None
 
     return loss_fn
-
-
-def lr_schedule(name: str, lr: float, epochs: float, *, final_ratio: float = 0.01) -> Callable[[float], float]:
-    """Learning rate as a function of the (fractional) epoch.
-
-    constant: lr throughout. cosine: lr * (1 + cos(pi e / E)) / 2. step: x0.1 at 50% and 75% of training.
-    linear: linear decay from lr to lr * final_ratio. curve: Garipov et al.'s reference schedule, lr for the
-    first half, linear decay to lr * final_ratio (1%) by 90%, then constant.
-    """
-    if name not in SCHEDULES:
-        raise LowlossError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
-
-    def f(e: float) -> float:
-        p = min(max(e / max(epochs, 1e-12), 0.0), 1.0)
-        if name == "constant":
-            return lr
-        if name == "cosine":
-            return lr * 0.5 * (1 + math.cos(math.pi * p))
-        if name == "step":
-            return lr * (0.1 ** ((p >= 0.5) + (p >= 0.75)))
-        if name == "linear":
-            return lr * (1 - (1 - final_ratio) * p)
-        # curve
-        if p <= 0.5:
-            return lr
-        if p <= 0.9:
-            return lr * (1.0 - (p - 0.5) / 0.4 * (1 - final_ratio))
-        return lr * final_ratio
-
-    return f
 
 
 @dataclass
@@ -97,11 +71,59 @@ class TensorState(Stateful):
             v.data.copy_(tensors[k].to(v.device))
 
 
-class Trainer:
-    """SGD over `params` (leaf tensors) minimising `loss_fn(x, y, step) -> (loss, n_correct or None)`.
+def make_optimizer(name: str, params: Mapping[str, torch.Tensor], *, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0, nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                   lr_scales: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """The optimiser of a Trainer: "sgd" (momentum, weight decay) or "adam" (betas, weight decay).
 
-    `after_step(step, epoch_float)` and `after_epoch(epoch) -> dict` let methods collect snapshots or
-    moments; objects in `extra` are saved in and restored from the checkpoint.
+    `lr_scales` maps parameter names to a multiplier of the scheduled learning rate: parameters with the
+    same multiplier form one parameter group carrying ``lr_scale`` (the Trainer sets each group's rate to
+    schedule(epoch) * lr_scale before every step).
+    """
+    scales = lr_scales or {}
+    unknown = sorted(set(scales) - set(params))
+    if unknown:
+        raise LowlossError(f"learning-rate scales for unknown parameters: {', '.join(unknown[:5])}")
+    groups: dict[float, list] = {}
+    for n, p in params.items():
+        groups.setdefault(float(scales.get(n, 1.0)), []).append(p)
+    param_groups = [{"params": ps, "lr_scale": k, "lr": lr * k} for k, ps in groups.items()]
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise LowlossError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")
+
+
+class Collect:
+    """The after-step hook of every method that keeps iterates along a trajectory.
+
+    After optimiser step t (0-based) with t >= `first`, (t - first) % `every` == 0 and t <= `last` (if
+    given), ``take(t)`` is called. FGE: first = the cycle's lowest-lr step, every = the cycle length; SSE:
+    each cycle's last step; SWA/SWAG: every `every` steps after `start`. Chain further hooks with `then`.
+    """
+
+    def __init__(self, take: Callable[[int], None], *, every: int, first: int = 0, last: int | None = None):
+        if every < 1:
+            raise LowlossError(f"collecting every {every} steps: the interval must be at least one step")
+        self.take, self.every, self.first, self.last = take, every, first, last
+
+    def due(self, t: int) -> bool:
+        return t >= self.first and (t - self.first) % self.every == 0 and (self.last is None or t <= self.last)
+
+    def __call__(self, step: int, epoch_float: float) -> None:
+        t = step - 1  # the Trainer counts steps taken; t is the index of the step just taken
+        if self.due(t):
+            self.take(t)
+
+
+class Trainer:
+    """Minimises `loss_fn(x, y, step) -> (loss, n_correct or None)` over `params` (leaf tensors).
+
+    `optimizer`: "sgd" or "adam" (see :func:`make_optimizer`; `lr_scales` per parameter name).
+    `after_step(step, epoch_float)` (e.g. a :class:`Collect`) and `after_epoch(epoch) -> dict` let methods
+    collect snapshots or moments; objects in `extra` are saved in and restored from the checkpoint, which
+    is written every `checkpoint_every` epochs and after the last one.
     """
 
     CKPT = "checkpoint.safetensors"
@@ -112,7 +134,9 @@ class Trainer:
                  run_dir: str | Path | None = None, quiet: bool = False, desc: str = "train",
                  after_step: Callable | None = None, after_epoch: Callable | None = None,
                  extra: Mapping[str, Stateful] | None = None, drop_last: bool = False, augment: bool = True,
-                 nan_hint: str = "lower the learning rate (--lr)"):
+                 nan_hint: str = "lower the learning rate (--lr)", optimizer: str = "sgd",
+                 betas: tuple[float, float] = (0.9, 0.999), lr_scales: Mapping[str, float] | None = None,
+                 checkpoint_every: int = 1, shuffle: bool = True):
         self.params = dict(params)
         for k, p in self.params.items():
             if not p.requires_grad:
@@ -124,8 +148,9 @@ class Trainer:
         self.after_step, self.after_epoch = after_step, after_epoch
         self.extra = dict(extra or {})
         self.drop_last, self.augment, self.nan_hint = drop_last, augment, nan_hint
-        self.opt = torch.optim.SGD(list(self.params.values()), lr=lr(0.0), momentum=momentum,
-                                   weight_decay=weight_decay, nesterov=nesterov)
+        self.opt = make_optimizer(optimizer, self.params, lr=lr(0.0), momentum=momentum, weight_decay=weight_decay,
+                                  nesterov=nesterov, betas=betas, lr_scales=lr_scales)
+        self.checkpoint_every, self.shuffle = max(1, int(checkpoint_every)), shuffle
         self.state = TrainState()
         self.step = 0
 
@@ -142,9 +167,9 @@ class Trainer:
         for k, p in self.params.items():
             t[f"param/{k}"] = p.detach()
         for i, p in enumerate(self.params.values()):
-            st = self.opt.state.get(p, {})
-            if "momentum_buffer" in st and st["momentum_buffer"] is not None:
-                t[f"momentum/{names[i]}"] = st["momentum_buffer"]
+            for key, v in self.opt.state.get(p, {}).items():
+                if v is not None:
+                    t[f"optim/{names[i]}/{key}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
         for name, obj in self.extra.items():
             for k, v in obj.state_tensors().items():
                 t[f"extra/{name}/{k}"] = v.detach()
@@ -176,8 +201,11 @@ class Trainer:
             with torch.no_grad():
                 p.copy_(t[f"param/{k}"].to(p.device))
         for k, p in self.params.items():
-            if f"momentum/{k}" in t:
-                self.opt.state[p]["momentum_buffer"] = t[f"momentum/{k}"].to(p.device).clone()
+            pre = f"optim/{k}/"
+            for key, v in t.items():
+                if key.startswith(pre):
+                    name = key[len(pre):]
+                    self.opt.state[p][name] = v.clone() if name == "step" else v.to(p.device).clone()
         for name, obj in self.extra.items():
             pre = f"extra/{name}/"
             obj.load_state_tensors({k[len(pre):]: v for k, v in t.items() if k.startswith(pre)})
@@ -205,13 +233,13 @@ class Trainer:
                     break
                 epoch = self.state.epoch
                 loss_sum, correct, seen = 0.0, 0.0, 0
-                batches = self.data.batches(self.batch_size, shuffle=True, generator=self.generator,
+                batches = self.data.batches(self.batch_size, shuffle=self.shuffle, generator=self.generator,
                                             device=self.device, augment=self.augment, drop_last=self.drop_last)
                 for i, (x, y) in enumerate(batches):
                     e = epoch + i / n_batches
                     lr = self.lr(e)
                     for g in self.opt.param_groups:
-                        g["lr"] = lr
+                        g["lr"] = lr * g.get("lr_scale", 1.0)
                     loss, n_correct = self.loss_fn(x, y, self.step)
                     if not torch.isfinite(loss):
                         raise LowlossError(
@@ -239,7 +267,8 @@ class Trainer:
                     record.update(self.after_epoch(epoch + 1) or {})
                 self.state.history.append(record)
                 self.state.epoch += 1
-                self.save_checkpoint()
+                if self.state.epoch % self.checkpoint_every == 0 or self.state.epoch == self.epochs:
+                    self.save_checkpoint()
         finally:
             bar.close()
         return self.state.history

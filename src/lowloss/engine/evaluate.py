@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import metrics as M
-from .params import (
+from .. import metrics as M
+from ..params import (
     Forward,
     ParamLayout,
     batchnorm_modules,
@@ -210,7 +210,7 @@ class _Runner:
         pb = {**shared, **batched_bufs, **params}
         if self.forward is None:
             return torch.func.functional_call(self.model, pb, (x,), strict=False)
-        from .params import _swap_tensors
+        from ..params import _swap_tensors
 
         with _swap_tensors(self.model, pb):
             return self.forward(self.model, x)
@@ -323,7 +323,7 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
 
     ``out["engine"]`` records what ran.
     """
-    from .utils import LowlossError, keep_freed_memory, progress
+    from ..utils import LowlossError, keep_freed_memory, progress
 
     if method not in ("auto", "vmap", "loop"):
         raise LowlossError(f"evaluate_vectors method '{method}' is not auto, vmap or loop")

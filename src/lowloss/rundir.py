@@ -1,0 +1,395 @@
+"""Run directories: the one place that creates, guards, locks, writes and reads them.
+
+Every method writes one directory::
+
+    config.json               the exact configuration, written when the run starts (compared on resume)
+    checkpoint.safetensors    training state while a run is interrupted (exact resume)
+    run.json                  written last, atomically: {"method", "config", "versions", ...results}
+    <artifacts>               model.safetensors, curve.safetensors, plane.npz, figures, ...
+
+A directory is *finished* when run.json exists, *interrupted* when config.json exists without it, and
+*foreign* when it holds files but no config.json. :meth:`RunDir.open` decides what to do with each case
+(nothing to do / resume / a one-line error naming the fix); every file is written through a temporary
+name and renamed, so a half-written file is never mistaken for a finished one; a lock file keeps two
+processes from writing the same directory.
+
+Runs that hold a network (``train``, ``swa``, ...) record its architecture as ``run.json["model"]``
+(model, model_options, data, data_seed, data_dir); :func:`load_run` turns such a directory back into the
+module with its weights and its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import params as P
+from .data import Dataset, load_dataset
+from .models import build_model
+from .utils import LowlossError, atomic_path, echo, jsonable, resolve_device, versions, write_json
+
+CONFIG_FILE = "config.json"
+RESULT_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MODEL_FILE = "model.safetensors"
+LOCK_FILE = ".lock"
+ARCHITECTURE_KEYS = ("model", "model_options", "data", "data_seed", "data_dir")
+
+
+# ---------------------------------------------------------------------------------------------- files
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A JSON file lowloss wrote; a damaged or cut-short file is a one-line error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LowlossError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LowlossError(f"{path} is damaged ({e.__class__.__name__}: {e}); re-run the command that wrote it "
+                           "or delete its directory") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Tensors as safetensors (CPU, contiguous), atomically; metadata values are stored as strings."""
+    t = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        from safetensors.torch import save_file
+
+        save_file(t, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_tensors(path: str | os.PathLike, device=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a damaged file is a one-line error naming it."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise LowlossError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path), device=str(device) if device is not None else "cpu"), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LowlossError(f"{path} is damaged ({e}); re-run the command that wrote it or delete its "
+                           "directory") from None
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load a state dict, explaining any mismatch tensor by tensor instead of torch's traceback."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing from the {source}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"not in the model: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"shape differs: {'; '.join(shapes[:8])}")
+        raise LowlossError(f"the {source} does not fit the model ({' | '.join(parts)}); "
+                           "check --model, --model-opt and --data match the run that wrote it")
+    model.load_state_dict(state)
+
+
+def _same(a, b) -> bool:
+    return json.loads(json.dumps(jsonable(a))) == json.loads(json.dumps(jsonable(b)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- RunDir
+class RunDir:
+    """One run directory. Open it with :meth:`open`, write artifacts with its methods, end with :meth:`finish`.
+
+    ``open(path, method, config)`` returns a RunDir whose ``finished`` is the run.json of a finished run
+    with the same config (nothing to do) or None (the method runs; ``resuming`` says whether an interrupted
+    run with the same config is being continued).
+    """
+
+    def __init__(self, path: str | os.PathLike, method: str = "", config: dict | None = None, *,
+                 quiet: bool = False):
+        self.path = Path(path)
+        self.method = method
+        self.config = jsonable(config or {})
+        self.quiet = quiet
+        self.finished: dict | None = None
+        self.resuming = False
+        self._locked = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open(cls, path: str | os.PathLike, method: str, config: dict, *, resume: bool = False,
+             fresh: bool = False, quiet: bool = False) -> RunDir:
+        """Guard `path` for a run of `method` with `config`.
+
+        - finished with the same config (or with `resume`): ``finished`` holds its run.json;
+        - finished with another config: an error (choose a new --out, or --fresh);
+        - interrupted: with `resume` and the same config it continues; without `resume` an error;
+        - files that lowloss did not write: an error; `fresh` empties a directory lowloss wrote first.
+        """
+        rd = cls(path, method, config, quiet=quiet)
+        p = rd.path
+        if fresh and p.exists():
+            rd._clear()
+        if p.exists() and not p.is_dir():
+            raise LowlossError(f"--out {p} is a file; choose a directory")
+        res, cfg = p / RESULT_FILE, p / CONFIG_FILE
+        if res.exists():
+            info = read_json_file(res)
+            if info.get("method", method) != method:
+                raise LowlossError(f"{p} holds a finished `{info.get('method')}` run, not `{method}`; choose a "
+                                   "new --out")
+            if _same(info.get("config"), rd.config) or resume:
+                echo(f"{p} is already finished; nothing to do", quiet)
+                rd.finished = info
+                return rd
+            raise LowlossError(f"{p} already holds a finished {method} run with another config; choose a new "
+                               "--out (or --fresh to replace it)")
+        if cfg.exists():
+            before = read_json_file(cfg)
+            if not resume:
+                raise LowlossError(f"{p} holds an interrupted {method} run: continue it with --resume or choose a "
+                                   "new --out")
+            if not _same(before, rd.config):
+                raise LowlossError(f"--resume with a different config than the interrupted run in {p} (it was "
+                                   f"{json.dumps(before)[:300]}); use the same options or a new --out")
+            rd.resuming = True
+        elif p.exists() and any(not f.name.startswith(".") for f in p.iterdir()):
+            raise LowlossError(f"{p} holds files that no lowloss run wrote (no {CONFIG_FILE}); choose a new --out")
+        rd._lock()
+        write_json(p / CONFIG_FILE, rd.config)
+        return rd
+
+    def _lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid):
+                    raise LowlossError(f"{self.path} is being written by another lowloss process (pid {pid}); "
+                                       "wait for it or choose a new --out") from None
+                lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self._locked = True
+            return
+
+    def release(self) -> None:
+        """Drop the lock (done by :meth:`finish`; call it when a run stops early on purpose)."""
+        if self._locked:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            self._locked = False
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _clear(self) -> None:
+        import shutil
+
+        if (self.path / CONFIG_FILE).exists() or (self.path / RESULT_FILE).exists():
+            shutil.rmtree(self.path)
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise LowlossError(f"--fresh would delete {self.path}, which no lowloss run wrote; remove it yourself")
+
+    def finish(self, result: dict, *, model: dict | None = None, remove: tuple[str, ...] = ()) -> dict:
+        """Write run.json (method, config, versions, `model` architecture if any, then `result`), remove the
+        checkpoint and the partial files named in `remove`, release the lock. Returns run.json's contents."""
+        info = {"method": self.method, "config": self.config, "versions": versions()}
+        if model is not None:
+            info["model"] = {k: model.get(k) for k in ARCHITECTURE_KEYS}
+        info.update(result)
+        info = jsonable(info)
+        write_json(self.path / RESULT_FILE, info)
+        for name in (CHECKPOINT_FILE, *remove):
+            (self.path / name).unlink(missing_ok=True)
+        self.release()
+        self.finished = info
+        return info
+
+    # ------------------------------------------------------------------ files
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        write_json(self.path / name, obj)
+        return self.path / name
+
+    def read_json(self, name: str) -> Any:
+        return read_json_file(self.path / name)
+
+    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+        save_tensors(self.path / name, tensors, metadata)
+        return self.path / name
+
+    def load_tensors(self, name: str, device=None):
+        return load_tensors(self.path / name, device)
+
+    def sub(self, name: str) -> Path:
+        """The path of a sub-run (budget members, MultiSWAG members, study stages)."""
+        return self.path / name
+
+
+def read_result(path: str | os.PathLike, method: str | tuple[str, ...] | None = None, *,
+                needs: tuple[str, ...] = ()) -> dict:
+    """run.json of a finished run directory (of `method`, holding the files `needs`), or a one-line error."""
+    path = Path(path)
+    methods = (method,) if isinstance(method, str) else method
+    what = f"`lowloss {methods[0]}`" if methods else "lowloss"
+    if not (path / RESULT_FILE).exists():
+        hint = (" (it was interrupted: finish it with the same command and --resume)"
+                if (path / CONFIG_FILE).exists() else "")
+        raise LowlossError(f"{path} is not a finished {what} run directory: it has no {RESULT_FILE}{hint}")
+    info = read_json_file(path / RESULT_FILE)
+    if methods and info.get("method", methods[0]) not in methods:
+        raise LowlossError(f"{path} holds a `{info.get('method')}` run; expected a {what} run")
+    for n in needs:
+        if not (path / n).exists():
+            raise LowlossError(f"{path} lacks {n}: re-run the command that wrote it")
+    return info
+
+
+def find_run(recorded: str | os.PathLike, near: str | os.PathLike) -> Path:
+    """A run directory recorded in another run: as recorded, else beside `near` or inside it (a moved tree)."""
+    p, near = Path(recorded), Path(near)
+    for c in (p, near.parent / p.name, near / p.name):
+        if (c / RESULT_FILE).exists():
+            return c
+    raise LowlossError(f"{near} was made from the run {p}, which is gone (looked in {p}, {near.parent / p.name}, "
+                       f"{near / p.name}); put it back or re-run")
+
+
+# ---------------------------------------------------------------------------------------------- networks
+@dataclass
+class Run:
+    """A finished run that holds a network: the module (weights loaded), the data, the architecture."""
+
+    path: Path
+    config: dict
+    model: nn.Module
+    data: Dataset
+    device: torch.device
+
+    @property
+    def vector(self) -> torch.Tensor:
+        return P.flatten(self.model)
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return P.buffers(self.model)
+
+    def architecture(self) -> tuple:
+        c = self.config
+        return (c["model"], tuple(sorted((c.get("model_options") or {}).items())), c["data"],
+                c.get("data_seed", 0))
+
+
+def build_from_config(cfg: dict, data: Dataset | None = None, device=None) -> tuple[nn.Module, Dataset]:
+    """The module and data an architecture record (model, model_options, data, data_seed, data_dir) describes."""
+    if data is None:
+        data = load_dataset(cfg["data"], seed=cfg.get("data_seed", 0), data_dir=cfg.get("data_dir"))
+    device = resolve_device(device or cfg.get("device", "auto"))
+    data = data.to(device)
+    model = build_model(cfg["model"], data.input_shape, data.num_classes, cfg.get("model_options") or {}).to(device)
+    return model, data
+
+
+def load_run(path: str | os.PathLike, device=None, data: Dataset | None = None) -> Run:
+    """Load a run directory that holds a network (``lowloss train``, ``swa``, ...) as a :class:`Run`."""
+    path = Path(path)
+    info = read_result(path, needs=(MODEL_FILE,))
+    arch = info.get("model") if isinstance(info.get("model"), dict) else info["config"]
+    arch = {**arch, "device": (info.get("config") or {}).get("device", "auto")}
+    model, data = build_from_config(arch, data, device)
+    state, _ = load_tensors(path / MODEL_FILE, device=next(iter(model.parameters())).device)
+    load_state_into(model, state, source=str(path / MODEL_FILE))
+    return Run(path, arch, model, data, resolve_device(device or arch.get("device", "auto")))
+
+
+def load_runs(paths, device=None, same_architecture: bool = True) -> list[Run]:
+    """Several runs on the same data (and, by default, the same architecture; checked with a clear error)."""
+    runs: list[Run] = []
+    for p in paths:
+        r = load_run(p, device=device, data=runs[0].data if runs else None)
+        if runs and not same_architecture and r.architecture()[2:] != runs[0].architecture()[2:]:
+            raise LowlossError(f"{p} and {runs[0].path} were trained on different data or splits "
+                               f"({r.architecture()[2:]} vs {runs[0].architecture()[2:]})")
+        if runs and same_architecture and r.architecture() != runs[0].architecture():
+            raise LowlossError(f"{p} and {runs[0].path} differ in architecture or data "
+                               f"({r.architecture()} vs {runs[0].architecture()}); they must match")
+        runs.append(r)
+    return runs
+
+
+def input_record(inputs) -> list[str] | None:
+    """How a run records its input run directories: absolute paths (None when it has none)."""
+    if inputs is None:
+        return None
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return [str(Path(p).resolve()) for p in inputs]
+
+
+def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool = False, fresh: bool = False,
+               quiet: bool = False, **fit_kw) -> dict:
+    """Run one method the one way: check the config, open (guard, lock) the run directory, call
+    ``method.fit(config, inputs, run_dir, quiet=..., **fit_kw)``; a finished run is returned as it is.
+
+    `method` is a method module (``lowloss.methods.connect``); the config recorded in config.json and
+    run.json is the Config's fields plus the input run directories as absolute paths.
+    """
+    name = method.__name__.rsplit(".", 1)[-1]
+    config.check()
+    record = config_record(config, inputs)
+    rd = RunDir.open(out, name, record, resume=resume, fresh=fresh, quiet=quiet)
+    if rd.finished is not None:
+        return rd.finished
+    with rd:
+        return method.fit(config, inputs, rd, quiet=quiet, **fit_kw)
+
+
+def config_record(config, inputs=None) -> dict:
+    """The JSON a run directory records for `config` (and its input runs)."""
+    import dataclasses
+
+    record = jsonable(dataclasses.asdict(config))
+    ins = input_record(inputs)
+    if ins is not None:
+        record["inputs"] = ins
+    return record
+
+
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "MODEL_FILE", "RESULT_FILE", "Run", "RunDir", "build_from_config",
+           "find_run", "load_run", "load_runs", "load_state_into", "load_tensors", "read_json_file",
+           "read_result", "run_method", "save_tensors"]
