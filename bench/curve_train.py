@@ -19,7 +19,7 @@ import torch
 from lowloss.data import load_dataset
 from lowloss.engine.schedules import lr_schedule
 from lowloss.engine.train import Trainer
-from lowloss.methods.fit import FitConfig, fit_subspace
+from lowloss.engine.fit import FitConfig, fit_subspace
 from lowloss.models import build_model
 from lowloss.params import flatten
 from lowloss.subspaces.curves import make_curve

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from torch import nn
 
 from lowloss.methods import connect as C
-from lowloss.methods.fit import subspace_loss
+from lowloss.engine.fit import subspace_loss
 from lowloss.params import flatten, functional_forward
 from lowloss.subspaces.curves import (
     Bezier,

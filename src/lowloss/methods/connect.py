@@ -3,7 +3,7 @@
     l(theta) = E_{t ~ U(0,1)} L(phi_theta(t))  [+ wd/2 ||phi_theta(t)||^2]
 
 :func:`connect` trains the bends of a Bezier curve or polygonal chain between two parameter vectors of
-any ``nn.Module`` (through :func:`lowloss.methods.fit.fit_subspace`: one t per minibatch, or the batch
+any ``nn.Module`` (through :func:`lowloss.engine.fit.fit_subspace`: one t per minibatch, or the batch
 split among ``t_per_batch`` values; BatchNorm in train mode; weight decay on phi(t); endpoints fixed
 unless ``free_endpoints``), then evaluates the curve AND the line segment at ``points`` equally spaced t
 with the shared engine (:func:`lowloss.engine.evaluate.evaluate_vectors`, BN statistics recomputed per point):
@@ -31,7 +31,7 @@ from ..engine.train import Trainer
 from ..params import Forward, flatten, has_batchnorm, num_params
 from ..subspaces.curves import CURVES, Curve, Line, curve_class, make_curve
 from ..utils import LowlossError, echo, progress, read_json, seed_everything, versions, write_json
-from .fit import FitConfig, fit_subspace
+from ..engine.fit import FitConfig, fit_subspace
 
 CURVE_FILE = "curve.safetensors"
 RESULT_FILE = "curve.json"

@@ -2,7 +2,7 @@
 
 SPRO adds connecting vertices to a complex one at a time. The new vertex starts at the mean of the
 existing vertices; earlier vertices stay fixed; it is trained (through
-:func:`lowloss.methods.fit.fit_subspace`) on
+:func:`lowloss.engine.fit.fit_subspace`) on
 
     (1/J) sum_j L(w_j)  -  lambda_i log(Vol^2(K) + 1e-4),       w_j ~ uniform simplex of K, Dirichlet(1)
 
@@ -43,7 +43,7 @@ from ..rundir import load_run, load_runs
 from ..rundir import save_tensors as save_state
 from ..subspaces.simplex import Complex, restrict_simplexes
 from ..utils import LowlossError, echo, read_json, versions, write_json
-from .fit import FitConfig, fit_subspace
+from ..engine.fit import FitConfig, fit_subspace
 
 SIMPLEX_FILE = "simplex.safetensors"
 PROGRESS_FILE = "progress.safetensors"

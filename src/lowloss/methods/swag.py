@@ -315,13 +315,13 @@ def run_curve_swag(curve_dir: str | Path, cfg: SWAGConfig, out: str | Path, *, s
     """SWAG over a trained curve's bends (Benton et al. 2021, section 4.1).
 
     The curve is trained further with its own objective E_t L(phi_theta(t)) at the constant lr `cfg.lr`
-    (lowloss.methods.fit.fit_subspace); every `every_epochs` the bend vector theta is collected into SWAG
+    (lowloss.engine.fit.fit_subspace); every `every_epochs` the bend vector theta is collected into SWAG
     moments. Each SWAG sample of theta is a new curve between the same endpoints; the train loss is
     evaluated at `points` equally spaced t along the trained curve, the SWA-mean curve and `samples` sampled
     curves (BN recomputed per point), and the max along each is reported.
     """
     from .connect import load_curve
-    from .fit import FitConfig, fit_subspace
+    from ..engine.fit import FitConfig, fit_subspace
 
     curve_dir, out = Path(curve_dir), Path(out)
     config = {"curve": str(curve_dir.resolve()), **asdict(cfg), "samples": samples, "points": points}

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.schedules import lr_schedule
-from ..engine.train import Trainer
+from .schedules import lr_schedule
+from .train import Trainer
 from ..params import Forward, functional_forward
 
 
