@@ -1,115 +1,170 @@
 """The papers' claims, checked against a study directory's measured numbers.
 
-Every claim is {id, statement, measured, held, figures}: `held` is True/False when the stage ran and
-None when it did not (the report says "not measured").
+Each claim is a record: ``id``, ``statement``, ``measured`` (the numbers read from the stages' run.json
+files), ``threshold`` (the constants of the test), ``test`` (a Python expression over the names in
+``measured`` and ``threshold``), ``held`` (the test's value; None when the stage did not run), figures
+and a note. ``held`` is computed from the record's own data only, so a reader of summary.json can redo
+every comparison. :data:`CLAIMS` is the table: one measuring function per stage, each returning records.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 
-from .study import Settings, load_json, mode_dirs
+from .study import Settings, mode_dirs
+
+RESULT = "run.json"
+_SAFE = {"all": all, "any": any, "min": min, "max": max, "abs": abs, "len": len, "sum": sum,
+         "isfinite": math.isfinite}
 
 
-def _claim(id_, statement, measured=None, held=None, figures=(), note=""):
-    return {"id": id_, "statement": statement, "measured": measured or {}, "held": held,
-            "figures": [str(f) for f in figures], "note": note}
+@dataclass
+class Claim:
+    id: str
+    statement: str
+    measured: dict = field(default_factory=dict)
+    threshold: dict = field(default_factory=dict)
+    test: str = ""
+    held: bool | None = None
+    figures: list = field(default_factory=list)
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def _safe(fn):
-    """A claim whose data is missing or malformed is reported as not measured rather than crashing."""
-
-    @functools.wraps(fn)
-    def wrapped(study, s):
-        try:
-            return fn(study, s)
-        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, OSError) as e:
-            c = fn.__doc__.strip().split("\n")[0] if fn.__doc__ else fn.__name__
-            return [_claim(fn.__name__.removeprefix("claim_"), c, {"error": f"{type(e).__name__}: {e}"}, None)]
-
-    return wrapped
+def claim(id_: str, statement: str, measured: dict | None = None, test: str = "", threshold: dict | None = None,
+          figures=(), note: str = "") -> Claim:
+    """A claim record; `held` is `test` evaluated over `measured` and `threshold` (None without data)."""
+    measured, threshold = measured or {}, threshold or {}
+    held = None
+    if measured and test:
+        value = eval(test, {"__builtins__": _SAFE, **measured, **threshold})  # noqa: S307 (our own expressions)
+        held = None if value is None else bool(value)
+    return Claim(id_, statement, measured, threshold, test, held, [str(f) for f in figures], note)
 
 
-@_safe
+def load_result(d: Path) -> dict | None:
+    """run.json of a stage's run directory, or None when it is missing or unreadable (not measured)."""
+    try:
+        return json.loads((Path(d) / RESULT).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _safe(*ids_and_statements: tuple[str, str]):
+    """A claim whose data is malformed is reported as not measured (with the error) rather than crashing."""
+
+    def deco(fn: Callable[[Path, Settings], list[Claim]]):
+        @functools.wraps(fn)
+        def wrapped(study, s):
+            try:
+                return fn(study, s)
+            except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, OSError) as e:
+                return [Claim(i, st, {"error": f"{type(e).__name__}: {e}"}) for i, st in ids_and_statements]
+
+        wrapped.claims = ids_and_statements
+        return wrapped
+
+    return deco
+
+
+S_MODES = "Independently trained networks (different seeds) reach high test accuracy."
+S_LINE = "The straight line between two independently trained modes crosses a high-loss barrier."
+S_CURVE = ("A trained {name} connects the two modes with a train-loss barrier at most a tenth of the line's.")
+S_CURVE_ENS = ("Ensembling an endpoint with a point of the curve gains most of the two-mode ensemble's improvement "
+               "well before the far end (t ~ 0.3-0.4 in the paper).")
+S_PLANE_MODES = ("In the plane through three modes, the modes sit in separate low-loss regions divided by higher "
+                 "loss.")
+S_PLANE_CURVE = "In the plane through a Bezier curve, the curve runs through a low-loss valley between the two modes."
+S_FGE = "FGE's test NLL is better than a single SGD model's at the same budget."
+S_ENS = ("Every ensemble (deep, SSE, FGE, SWAG, MultiSWAG) has a better test NLL than a single model at the same "
+         "budget.")
+S_SWA = "SWA is at least as accurate as SGD at the same budget."
+S_CSWAG = ("SWAG over a curve's bend parameters samples new curves that all stay low-loss (far below the line's "
+           "maximum train loss).")
+S_ESPRO = "A simplex grown from one mode (ESPRO) has positive volume and its samples are as accurate as the mode."
+S_ESPRO_DEEP = "An ESPRO ensemble (3 modes x 3-vertex simplexes) beats the deep ensemble of the same modes in test NLL."
+S_COMPLEX = ("Two modes are joined by a simplicial complex (SPRO) whose sampled models all stay close to the modes' "
+             "test error.")
+S_DIM = ("Connectors can be added between two modes one at a time while sampled models keep low train loss: the "
+         "low-loss region has many dimensions (>= 10 for VGG on CIFAR-10 in the paper).")
+S_CAL = "Temperature scaling fitted on held-out data does not change accuracy and lowers held-out ECE or NLL."
+S_SHIFT = ("Under gaussian-noise corruption, ensembles (deep, ESPRO, MultiSWAG) keep a lower NLL than a single model "
+           "at every severity.")
+S_VAR_DET = "A variance network (zero-mean weights) predicts at chance with the deterministic (mean-weight) scheme."
+S_VAR_ENS = "With the ensemble scheme, the variance network is within 2 points of Gaussian dropout's accuracy."
+S_REG = "Predictive uncertainty (the +-2 std band) is wider away from the training data than near it."
+S_SPIRALS = ("Models sampled from one simplex all fit the two-spirals training data, with different decision "
+             "functions.")
+
+
+@_safe(("modes", S_MODES))
 def claim_modes(study: Path, s: Settings):
-    """Independently trained networks (different seeds) reach high test accuracy."""
-    runs = [load_json(d / "run.json") for d in mode_dirs(study, s)]
+    runs = [load_result(d) for d in mode_dirs(study, s)]
     if not all(runs):
-        return [_claim("modes", claim_modes.__doc__.strip())]
+        return [claim("modes", S_MODES)]
     acc = [r["final"]["test"]["accuracy"] for r in runs]
-    return [_claim("modes", claim_modes.__doc__.strip(), {"test_accuracy": acc, "mean": mean(acc)}, min(acc) > 0.9)]
+    return [claim("modes", S_MODES, {"test_accuracy": acc, "mean": mean(acc)}, "min(test_accuracy) > min_accuracy",
+                  {"min_accuracy": 0.9})]
 
 
-@_safe
+@_safe(("line_barrier", S_LINE), ("curve_bezier", S_CURVE.format(name="Bezier curve")),
+       ("curve_ensemble", S_CURVE_ENS), ("curve_polychain", S_CURVE.format(name="polygonal chain")))
 def claim_curves(study: Path, s: Settings):
-    """Mode connectivity: the line between two modes crosses a loss barrier; a trained curve does not."""
     out = []
-    for kind in ("bezier", "polychain"):
+    for kind, name in (("bezier", "Bezier curve"), ("polychain", "polygonal chain")):
         d = study / f"connect_{kind}"
-        j = load_json(d / "curve.json")
-        stmt_line = "The straight line between two independently trained modes crosses a high-loss barrier."
-        stmt = (f"A trained {'Bezier curve' if kind == 'bezier' else 'polygonal chain'} connects the two modes "
-                "with a train-loss barrier at most a tenth of the line's.")
+        j = load_result(d)
+        stmt = S_CURVE.format(name=name)
         if j is None:
-            out.append(_claim(f"curve_{kind}", stmt))
+            out += ([claim("line_barrier", S_LINE), claim("curve_ensemble", S_CURVE_ENS)] if kind == "bezier" else [])
+            out.append(claim(f"curve_{kind}", stmt))
             continue
-        lb, cb = j["summary"]["line"]["barrier"], j["summary"]["curve"]["barrier"]
+        line, curve = j["summary"]["line"], j["summary"]["curve"]
         figs = [d / "curve.png"]
         if kind == "bezier":
-            out.append(_claim("line_barrier", stmt_line,
-                              {"line_barrier": lb, "line_max_train_loss": j["summary"]["line"]["max_train_loss"],
-                               "line_max_test_error": j["summary"]["line"]["max_test_error"]}, lb > 0.1, figs))
-        out.append(_claim(f"curve_{kind}", stmt,
-                          {"curve_barrier": cb, "line_barrier": lb,
-                           "curve_max_train_loss": j["summary"]["curve"]["max_train_loss"],
-                           "curve_max_test_error": j["summary"]["curve"]["max_test_error"]},
-                          cb <= 0.1 * lb and lb > 0, figs))
+            out.append(claim("line_barrier", S_LINE,
+                             {"line_barrier": line["barrier"], "line_max_train_loss": line["max_train_loss"],
+                              "line_max_test_error": line["max_test_error"]},
+                             "line_barrier > min_barrier", {"min_barrier": 0.1}, figs))
+        out.append(claim(f"curve_{kind}", stmt,
+                         {"curve_barrier": curve["barrier"], "line_barrier": line["barrier"],
+                          "curve_max_train_loss": curve["max_train_loss"],
+                          "curve_max_test_error": curve["max_test_error"]},
+                         "line_barrier > 0 and curve_barrier <= fraction * line_barrier", {"fraction": 0.1}, figs))
         if kind == "bezier":
-            t = j["t"]
-            ens = j["curve"]["ensemble_test_error"]
+            t, ens = j["t"], j["curve"]["ensemble_test_error"]
             ref = j.get("endpoint_ensemble", {}).get("test_error", ens[-1])
             single = j["curve"]["test_error"][0]
-            # first t at which the {w_A, phi(t)} ensemble is within half-way of the {w_A,w_B} ensemble's gain
+            # the first t at which the {w_A, phi(t)} ensemble has half of the {w_A, w_B} ensemble's gain
             target = ref + 0.5 * (single - ref) if single > ref else ref
             t_reach = next((tt for tt, e in zip(t, ens) if tt > 0 and e <= target + 1e-12), None)
-            out.append(_claim(
-                "curve_ensemble",
-                "Ensembling an endpoint with a point of the curve gains most of the two-mode ensemble's "
-                "improvement well before the far end (t ~ 0.3-0.4 in the paper).",
+            out.append(claim(
+                "curve_ensemble", S_CURVE_ENS,
                 {"t_half_gain": t_reach, "single_error": single, "two_mode_ensemble_error": ref,
                  "line_ensemble_error_mid": j["line"]["ensemble_test_error"][len(t) // 2],
                  "curve_ensemble_error_mid": ens[len(t) // 2]},
-                (t_reach is not None and t_reach <= 0.6) if single > ref else None, [d / "ensemble.png"],
-                note="" if single > ref else "the two-mode ensemble does not improve on the single model here"))
-    return out
-
-
-@_safe
-def claim_planes(study: Path, s: Settings):
-    """Loss-surface planes show the modes as isolated low-loss basins and the curve in a valley."""
-    out = []
-    d = study / "plane_modes"
-    j = load_json(d / "plane.json")
-    figs = sorted(d.glob("plane_*.png"))
-    out.append(_claim("plane_modes", "In the plane through three modes, the modes sit in separate low-loss "
-                      "regions divided by higher loss.", _plane_measure(d) if j else {},
-                      _plane_held(d) if j else None, figs))
-    d = study / "plane_curve"
-    j = load_json(d / "plane.json")
-    out.append(_claim("plane_curve", "In the plane through a Bezier curve, the curve runs through a low-loss valley "
-                      "between the two modes.", _plane_measure(d) if j else {},
-                      _plane_held(d, curve=True) if j else None, sorted(d.glob("plane_*.png"))))
+                "(t_half_gain is not None and t_half_gain <= max_t) if single_error > two_mode_ensemble_error "
+                "else None", {"max_t": 0.6}, [d / "ensemble.png"],
+                "" if single > ref else "the two-mode ensemble does not improve on the single model here"))
     return out
 
 
 def _plane_measure(d: Path) -> dict:
     import numpy as np
 
+    j = load_result(d)
+    if j is None or not (d / "plane.npz").exists():
+        return {}
     z = np.load(d / "plane.npz")
     m = {"grid": int(z["train_loss"].shape[0]) if "train_loss" in z else None}
-    j = load_json(d / "plane.json") or {}
     for k in ("seconds", "points_per_second"):
         if k in j:
             m[k] = j[k]
@@ -119,208 +174,195 @@ def _plane_measure(d: Path) -> dict:
     return m
 
 
-def _plane_held(d: Path, curve: bool = False) -> bool | None:
-    m = _plane_measure(d)
-    if "max_train_loss" not in m:
-        return None
-    return m["max_train_loss"] > 5 * max(m["min_train_loss"], 1e-3)
+_PLANE_TEST = "max_train_loss > ratio * max(min_train_loss, floor)"
 
 
-@_safe
+@_safe(("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE))
+def claim_planes(study: Path, s: Settings):
+    out = []
+    for name, stmt in (("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE)):
+        d = study / name
+        m = _plane_measure(d)
+        out.append(claim(name, stmt, m, _PLANE_TEST if "max_train_loss" in m else "", {"ratio": 5, "floor": 1e-3},
+                         sorted(d.glob("plane_*.png"))))
+    return out
+
+
+@_safe(("fge_nll", S_FGE), ("ensembles_nll", S_ENS), ("swa_accuracy", S_SWA))
 def claim_budget(study: Path, s: Settings):
-    """Fast ensembles and weight averaging at the budget of one training run."""
     d = study / "budget"
-    j = load_json(d / "budget.json")
+    j = load_result(d)
     figs = [d / "budget.png"]
     if j is None:
-        return [_claim("fge_nll", "FGE's test NLL is better than a single SGD model's at the same budget."),
-                _claim("ensembles_nll", "Every ensemble (deep, SSE, FGE, SWAG, MultiSWAG) has a better test NLL "
-                       "than a single model at the same budget."),
-                _claim("swa_accuracy", "SWA is at least as accurate as SGD at the same budget.")]
+        return [claim("fge_nll", S_FGE), claim("ensembles_nll", S_ENS), claim("swa_accuracy", S_SWA)]
+    j = j.get("results", j)
     b = "1"
-    nll = {m: j[m][b]["nll"]["mean"] for m in j if b in j[m]}
-    acc = {m: j[m][b]["accuracy"]["mean"] for m in j if b in j[m]}
-    single = nll["single"]
-    ens = [m for m in ("ensemble", "sse", "fge", "swag", "multiswag") if m in nll]
+    methods = [m for m in j if isinstance(j[m], dict) and b in j[m]]
+    nll = {m: j[m][b]["nll"]["mean"] for m in methods}
+    acc = {m: j[m][b]["accuracy"]["mean"] for m in methods}
+    ens = {m: nll[m] for m in ("ensemble", "sse", "fge", "swag", "multiswag") if m in nll}
     note = ("digits networks are underconfident (mean confidence below accuracy), so averaging probabilities "
             "can raise NLL; 360 test images make NLL differences of ~0.002 noise")
     return [
-        _claim("fge_nll", "FGE's test NLL is better than a single SGD model's at the same budget.",
-               {"fge_nll": nll.get("fge"), "single_nll": single}, nll.get("fge", 1e9) < single, figs, note),
-        _claim("ensembles_nll", "Every ensemble (deep, SSE, FGE, SWAG, MultiSWAG) has a better test NLL than a "
-               "single model at the same budget.", {"nll": nll}, all(nll[m] < single for m in ens), figs, note),
-        _claim("swa_accuracy", "SWA is at least as accurate as SGD at the same budget.",
-               {"swa_accuracy": acc.get("swa"), "single_accuracy": acc["single"]},
-               acc.get("swa", -1) >= acc["single"], figs),
+        claim("fge_nll", S_FGE, {"fge_nll": nll.get("fge"), "single_nll": nll["single"]},
+              "fge_nll is not None and fge_nll < single_nll", {}, figs, note),
+        claim("ensembles_nll", S_ENS, {"ensemble_nll": ens, "single_nll": nll["single"]},
+              "all(v < single_nll for v in ensemble_nll.values())", {}, figs, note),
+        claim("swa_accuracy", S_SWA, {"swa_accuracy": acc.get("swa"), "single_accuracy": acc["single"]},
+              "swa_accuracy is not None and swa_accuracy >= single_accuracy", {}, figs),
     ]
 
 
-@_safe
+@_safe(("curve_swag", S_CSWAG))
 def claim_curve_swag(study: Path, s: Settings):
-    """SWAG over a curve's bends: every sampled curve is itself a low-loss path."""
     d = study / "curve_swag"
-    j = load_json(d / "curve_swag.json")
-    c = load_json(study / "connect_bezier" / "curve.json")
-    stmt = ("SWAG over a curve's bend parameters samples new curves that all stay low-loss (far below the line's "
-            "maximum train loss).")
+    j, c = load_result(d), load_result(study / "connect_bezier")
     if j is None or c is None:
-        return [_claim("curve_swag", stmt)]
+        return [claim("curve_swag", S_CSWAG)]
     m = j["metrics"]
-    line_max = c["summary"]["line"]["max_train_loss"]
-    return [_claim("curve_swag", stmt, {"sampled_max_train_loss_max": m["sampled_max_train_loss_max"],
-                                        "trained_curve_max_train_loss": m["trained_curve_max_train_loss"],
-                                        "line_max_train_loss": line_max},
-                   m["sampled_max_train_loss_max"] < 0.25 * line_max, sorted(d.glob("*.png")))]
+    return [claim("curve_swag", S_CSWAG,
+                  {"sampled_max_train_loss_max": m["sampled_max_train_loss_max"],
+                   "trained_curve_max_train_loss": m["trained_curve_max_train_loss"],
+                   "line_max_train_loss": c["summary"]["line"]["max_train_loss"]},
+                  "sampled_max_train_loss_max < fraction * line_max_train_loss", {"fraction": 0.25},
+                  sorted(d.glob("*.png")))]
 
 
-@_safe
+@_safe(("espro_simplex", S_ESPRO), ("espro_vs_deep", S_ESPRO_DEEP))
 def claim_espro(study: Path, s: Settings):
-    """ESPRO: simplexes of low loss grown from single modes, and their ensembles."""
     d = study / "espro"
-    j = load_json(d / "espro.json")
-    st1 = "A simplex grown from one mode (ESPRO) has positive volume and its samples are as accurate as the mode."
-    st2 = "An ESPRO ensemble (3 modes x 3-vertex simplexes) beats the deep ensemble of the same modes in test NLL."
+    j = load_result(d)
     if j is None:
-        return [_claim("espro_simplex", st1), _claim("espro_vs_deep", st2)]
-    vols, mode_acc, sample_acc = [], [], []
-    figs = []
+        return [claim("espro_simplex", S_ESPRO), claim("espro_vs_deep", S_ESPRO_DEEP)]
+    vols, mode_acc, sample_acc, figs = [], [], [], []
     for sx in j["simplexes"]:
-        sj = load_json(Path(sx["dir"]) / "simplex.json")
+        sj = load_result(Path(sx["dir"]))
         vols.append(sj["log_volume"][-1])
         mode_acc.append(sj["test"]["mode"]["accuracy"])
         sample_acc.append(sj["test"]["sample_mean"]["accuracy"])
         figs += sorted(Path(sx["dir"]).glob("*.png"))[:1]
-    import math
-
-    gap = mean(mode_acc) - mean(sample_acc)
     return [
-        _claim("espro_simplex", st1, {"log_volume": vols, "mode_accuracy": mean(mode_acc),
-                                      "sample_mean_accuracy": mean(sample_acc)},
-               all(math.isfinite(v) for v in vols) and gap <= 0.01, figs[:1]),
-        _claim("espro_vs_deep", st2, {"espro": j["espro"], "deep_ensemble": j["deep_ensemble"]},
-               j["espro"]["nll"] < j["deep_ensemble"]["nll"], [],
-               "with the reference LAMBDA=1e-6 the digits simplexes stay small, so ESPRO's samples are close to "
-               "the modes and the two ensembles nearly coincide"),
+        claim("espro_simplex", S_ESPRO, {"log_volume": vols, "mode_accuracy": mean(mode_acc),
+                                         "sample_mean_accuracy": mean(sample_acc)},
+              "all(isfinite(v) for v in log_volume) and mode_accuracy - sample_mean_accuracy <= max_gap",
+              {"max_gap": 0.01}, figs[:1]),
+        claim("espro_vs_deep", S_ESPRO_DEEP, {"espro_nll": j["espro"]["nll"], "deep_nll": j["deep_ensemble"]["nll"],
+                                              "espro": j["espro"], "deep_ensemble": j["deep_ensemble"]},
+              "espro_nll < deep_nll", {}, [],
+              "with the reference LAMBDA=1e-6 the digits simplexes stay small, so ESPRO's samples are close to "
+              "the modes and the two ensembles nearly coincide"),
     ]
 
 
-@_safe
+@_safe(("complex", S_COMPLEX))
 def claim_complex(study: Path, s: Settings):
-    """Mode-connecting simplicial complexes: every simplex joining the modes has low loss."""
     d = study / "complex"
-    j = load_json(d / "complex.json")
-    stmt = ("Two modes are joined by a simplicial complex (SPRO) whose sampled models all stay close to the modes' "
-            "test error.")
+    j = load_result(d)
     if j is None:
-        return [_claim("complex", stmt)]
-    mode_err = max(1 - m["accuracy"] for m in j["modes"])
-    worst = max(max(sx["test_error"]) for sx in j["simplexes"])
-    return [_claim("complex", stmt, {"mode_test_error": mode_err, "worst_sample_test_error": worst,
-                                     "simplex_log_volumes": j.get("simplex_log_volumes")},
-                   worst <= mode_err + 0.03, sorted(d.glob("*.png")))]
+        return [claim("complex", S_COMPLEX)]
+    return [claim("complex", S_COMPLEX,
+                  {"mode_test_error": max(1 - m["accuracy"] for m in j["modes"]),
+                   "worst_sample_test_error": max(max(sx["test_error"]) for sx in j["simplexes"]),
+                   "simplex_log_volumes": j.get("simplex_log_volumes")},
+                  "worst_sample_test_error <= mode_test_error + margin", {"margin": 0.03}, sorted(d.glob("*.png")))]
 
 
-@_safe
+@_safe(("dimension", S_DIM))
 def claim_dimension(study: Path, s: Settings):
-    """The low-loss region connecting two modes is many-dimensional."""
     d = study / "dimension"
-    j = load_json(d / "dimension.json")
-    stmt = ("Connectors can be added between two modes one at a time while sampled models keep low train loss: the "
-            "low-loss region has many dimensions (>= 10 for VGG on CIFAR-10 in the paper).")
+    j = load_result(d)
     if j is None:
-        return [_claim("dimension", stmt)]
-    n = j["dimension_lower_bound"]
-    return [_claim("dimension", stmt, {"connectors": j["connectors"], "log_volume": j["log_volume"],
-                                       "sample_train_accuracy": j["sample_train_accuracy"],
-                                       "collapsed_at": j.get("collapsed_at"), "dimension_lower_bound": n},
-                   n >= 3 and min(j["sample_train_accuracy"]) >= 0.95, [d / "dimension.png"],
-                   "the dimension is a lower bound: the volume did not collapse within the connectors tried"
-                   if j.get("collapsed_at") is None else "")]
+        return [claim("dimension", S_DIM)]
+    return [claim("dimension", S_DIM,
+                  {"connectors": j["connectors"], "log_volume": j["log_volume"],
+                   "sample_train_accuracy": j["sample_train_accuracy"], "collapsed_at": j.get("collapsed_at"),
+                   "dimension_lower_bound": j["dimension_lower_bound"]},
+                  "dimension_lower_bound >= min_dimension and min(sample_train_accuracy) >= min_accuracy",
+                  {"min_dimension": 3, "min_accuracy": 0.95}, [d / "dimension.png"],
+                  "the dimension is a lower bound: the volume did not collapse within the connectors tried"
+                  if j.get("collapsed_at") is None else "")]
 
 
-@_safe
+@_safe(("calibration", S_CAL))
 def claim_calibration(study: Path, s: Settings):
-    """Temperature scaling."""
     d = study / "calibration"
-    j = load_json(d / "calibration.json")
-    stmt = "Temperature scaling fitted on held-out data does not change accuracy and lowers held-out ECE or NLL."
+    j = load_result(d)
     if j is None:
-        return [_claim("calibration", stmt)]
+        return [claim("calibration", S_CAL)]
     rows = {k: {"T": v["temperature"], "nll_before": v["before"]["nll"], "nll_after": v["after"]["nll"],
-                "ece_before": v["before"]["ece"], "ece_after": v["after"]["ece"]} for k, v in j["results"].items()}
-    same_acc = all(v["before"]["accuracy"] == v["after"]["accuracy"] for v in j["results"].values())
-    better = sum(1 for r in rows.values() if r["nll_after"] <= r["nll_before"] or r["ece_after"] <= r["ece_before"])
-    return [_claim("calibration", stmt, rows, same_acc and better >= len(rows) / 2, [d / "reliability.png"],
-                   "T is fitted on a fixed half of the test split and scored on the other half (180 images each): "
-                   "when the fitting half has no error T is not identifiable and 1 is kept")]
+                "ece_before": v["before"]["ece"], "ece_after": v["after"]["ece"],
+                "accuracy_unchanged": v["before"]["accuracy"] == v["after"]["accuracy"]}
+            for k, v in j["results"].items()}
+    return [claim("calibration", S_CAL, {"runs": rows},
+                  "all(r['accuracy_unchanged'] for r in runs.values()) and sum(1 for r in runs.values() if "
+                  "r['nll_after'] <= r['nll_before'] or r['ece_after'] <= r['ece_before']) >= share * len(runs)",
+                  {"share": 0.5}, [d / "reliability.png"],
+                  "T is fitted on a fixed half of the test split and scored on the other half (180 images each): "
+                  "when the fitting half has no error T is not identifiable and 1 is kept")]
 
 
-@_safe
+@_safe(("shift", S_SHIFT))
 def claim_shift(study: Path, s: Settings):
-    """Dataset shift."""
     d = study / "shift"
-    j = load_json(d / "shift.json")
-    stmt = ("Under gaussian-noise corruption, ensembles (deep, ESPRO, MultiSWAG) keep a lower NLL than a single "
-            "model at every severity.")
+    j = load_result(d)
     if j is None:
-        return [_claim("shift", stmt)]
+        return [claim("shift", S_SHIFT)]
+    j = j.get("results", j)
     sev = sorted(j["single"]["gaussian_noise"], key=int)
     methods = [m for m in ("ensemble", "espro", "multiswag") if m in j]
     nll = {m: [j[m]["gaussian_noise"][k]["nll"] for k in sev] for m in ["single", *methods]}
-    held = all(all(a < b for a, b in zip(nll[m], nll["single"])) for m in methods)
-    return [_claim("shift", stmt, {"severities": [int(k) for k in sev], "nll": nll}, held,
-                   [d / "shift.png", d / "corruptions.png"])]
+    return [claim("shift", S_SHIFT, {"severities": [int(k) for k in sev], "nll": nll},
+                  "all(all(a < b for a, b in zip(v, nll['single'])) for m, v in nll.items() if m != 'single')",
+                  {}, [d / "shift.png", d / "corruptions.png"])]
 
 
-@_safe
+@_safe(("variance_deterministic", S_VAR_DET), ("variance_ensemble", S_VAR_ENS))
 def claim_vardrop(study: Path, s: Settings):
-    """Variance networks."""
     d = study / "vardrop"
-    j = load_json(d / "schemes.json")
-    st1 = "A variance network (zero-mean weights) predicts at chance with the deterministic (mean-weight) scheme."
-    st2 = "With the ensemble scheme, the variance network is within 2 points of Gaussian dropout's accuracy."
-    if j is None or "variance" not in j:
-        return [_claim("variance_deterministic", st1), _claim("variance_ensemble", st2)]
-    v, dr = j["variance"], j.get("dropout")
+    j = load_result(d)
+    j = j.get("schemes") if j else None
+    if not j or "variance" not in j:
+        return [claim("variance_deterministic", S_VAR_DET), claim("variance_ensemble", S_VAR_ENS)]
     figs = [d / "log_alpha.png"]
-    meas = {p: {k: j[p][k]["accuracy"] for k in ("stochastic", "deterministic", "ensemble")} for p in j
-            if isinstance(j[p], dict) and "ensemble" in j[p]}
-    out = [_claim("variance_deterministic", st1, meas, v["deterministic"]["accuracy"] <= 0.2, figs)]
-    out.append(_claim("variance_ensemble", st2, meas,
-                      (dr["ensemble"]["accuracy"] - v["ensemble"]["accuracy"] <= 0.02) if dr else None, figs,
-                      "the slides train 200 epochs on full MNIST; with more variance layers than the default one "
-                      "(--variance-layers) a variance network needs far more steps than this study spends"))
-    return out
+    acc = {p: {k: j[p][k]["accuracy"] for k in ("stochastic", "deterministic", "ensemble")} for p in j
+           if isinstance(j[p], dict) and "ensemble" in j[p]}
+    return [
+        claim("variance_deterministic", S_VAR_DET, {"accuracy": acc},
+              "accuracy['variance']['deterministic'] <= chance_level", {"chance_level": 0.2}, figs),
+        claim("variance_ensemble", S_VAR_ENS, {"accuracy": acc},
+              "(accuracy['dropout']['ensemble'] - accuracy['variance']['ensemble'] <= max_gap) "
+              "if 'dropout' in accuracy else None", {"max_gap": 0.02}, figs,
+              "the slides train 200 epochs on full MNIST; with more variance layers than the default one "
+              "(--variance-layers) a variance network needs far more steps than this study spends"),
+    ]
 
 
-@_safe
+@_safe(("regression", S_REG))
 def claim_regression(study: Path, s: Settings):
-    """1-D regression bands."""
     d = study / "regression"
-    j = load_json(d / "regression.json")
-    stmt = "Predictive uncertainty (the +-2 std band) is wider away from the training data than near it."
+    j = load_result(d)
     if j is None:
-        return [_claim("regression", stmt)]
+        return [claim("regression", S_REG)]
     res = j["results"]
     meas = {m: {"test_ll": r["test_ll"], **{f"std_{k}": v for k, v in r.get("mean_epistemic_std", {}).items()}}
             for m, r in res.items()}
-    held = all(r["mean_epistemic_std"]["away_from_data"] > 2 * r["mean_epistemic_std"]["near_data"]
-               for m, r in res.items() if m in ("ensemble", "espro") and "mean_epistemic_std" in r)
-    return [_claim("regression", stmt, meas, held, [d / "regression.png"])]
+    return [claim("regression", S_REG, {"methods": meas},
+                  "all(r['std_away_from_data'] > ratio * r['std_near_data'] for m, r in methods.items() "
+                  "if m in ('ensemble', 'espro') and 'std_near_data' in r)", {"ratio": 2}, [d / "regression.png"])]
 
 
-@_safe
+@_safe(("spirals", S_SPIRALS))
 def claim_spirals(study: Path, s: Settings):
-    """Two spirals."""
     d = study / "spirals"
-    j = load_json(d / "spirals.json")
-    stmt = "Models sampled from one simplex all fit the two-spirals training data, with different decision functions."
+    j = load_result(d)
     if j is None:
-        return [_claim("spirals", stmt)]
-    tr = [x["train_accuracy"] for x in j["samples"]]
-    return [_claim("spirals", stmt, {"min_sample_train_accuracy": min(tr), "grid_disagreement": j["grid_disagreement"],
-                                     "ensemble_test_accuracy": j["ensemble"]["test_accuracy"]},
-                   min(tr) >= 0.95 and j["grid_disagreement"] > 0.01, [d / "spirals.png"])]
+        return [claim("spirals", S_SPIRALS)]
+    return [claim("spirals", S_SPIRALS,
+                  {"min_sample_train_accuracy": min(x["train_accuracy"] for x in j["samples"]),
+                   "grid_disagreement": j["grid_disagreement"],
+                   "ensemble_test_accuracy": j["ensemble"]["test_accuracy"]},
+                  "min_sample_train_accuracy >= min_accuracy and grid_disagreement > min_disagreement",
+                  {"min_accuracy": 0.95, "min_disagreement": 0.01}, [d / "spirals.png"])]
 
 
 CLAIMS = [claim_modes, claim_curves, claim_planes, claim_budget, claim_curve_swag, claim_espro, claim_complex,
@@ -328,7 +370,5 @@ CLAIMS = [claim_modes, claim_curves, claim_planes, claim_budget, claim_curve_swa
 
 
 def collect_claims(study: Path, s: Settings) -> list[dict]:
-    out = []
-    for fn in CLAIMS:
-        out.extend(fn(study, s))
-    return out
+    """Every claim of :data:`CLAIMS` as a dict (see :class:`Claim`)."""
+    return [c.as_dict() for fn in CLAIMS for c in fn(study, s)]

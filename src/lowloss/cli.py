@@ -135,7 +135,7 @@ def method_command(name: str) -> click.Command:
         if line and not quiet:
             click.echo(f"{out}: {line}")
 
-    f = run_options(name)(config_options(mod.Config)(callback))
+    f = config_options(mod.Config)(run_options(name)(callback))
     if inputs is not None:
         f = click.argument("inputs", metavar=inputs["metavar"], nargs=inputs.get("nargs", -1),
                            required=inputs.get("required", True),

@@ -37,7 +37,8 @@ def _status(held) -> str:
 
 def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], base: Path,
                  stages: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the HTML report. Each claim: id, statement, measured (dict), held (bool/None), figures (paths)."""
+    """Write the HTML report. Each claim: id, statement, measured (dict), test and threshold (how `held` was
+    decided), held (bool/None), figures (paths), note."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p>"]
     parts.append("<table><tr><th>claim</th><th>result</th><th>measured</th></tr>")
@@ -55,6 +56,10 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
             p = Path(fig)
             if p.exists():
                 parts.append(_img(p, base))
+        if c.get("test"):
+            parts.append(f"<p>test: <code>{html.escape(c['test'])}</code>"
+                         + (f" with <code>{html.escape(json.dumps(c['threshold']))}</code>" if c.get("threshold")
+                            else "") + "</p>")
         if c.get("measured"):
             parts.append("<pre>" + html.escape(json.dumps(_round(c["measured"]), indent=1, default=str)) + "</pre>")
         parts.append("</section>")
