@@ -124,8 +124,8 @@ def claim_curves(study: Path, s: Settings):
         j = load_result(d)
         stmt = S_CURVE.format(name=name)
         if j is None:
-            out += ([claim("line_barrier", S_LINE), claim("curve_ensemble", S_CURVE_ENS)] if kind == "bezier" else [])
-            out.append(claim(f"curve_{kind}", stmt))
+            out += ([claim("line_barrier", S_LINE), claim("curve_bezier", stmt), claim("curve_ensemble", S_CURVE_ENS)]
+                    if kind == "bezier" else [claim(f"curve_{kind}", stmt)])
             continue
         line, curve = j["summary"]["line"], j["summary"]["curve"]
         figs = [d / "curve.png"]
