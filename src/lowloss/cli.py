@@ -1,8 +1,9 @@
 """The `lowloss` command: one subcommand per method, its options generated from the method's Config.
 
-A method module (``lowloss.methods.<name>``, see :data:`lowloss.api.METHODS`) defines ``Config`` (defaults and help), ``INPUTS`` (its
-positional run directories, or None), ``fit`` and ``summary``; :func:`method_command` turns it into a
-click command, so no default or help text is written twice. Listing the commands (``lowloss --help``)
+A method module (``lowloss.methods.<name>``, see :data:`lowloss.api.METHODS`) defines ``Config`` (defaults
+and help), ``INPUTS`` (its positional run directories, or None), ``fit`` and ``summary`` (and
+``RESUME_BY_DEFAULT = True`` when re-running a command should continue its interrupted run);
+:func:`method_command` turns it into a click command, so no default or help text is written twice. Listing the commands (``lowloss --help``)
 imports no method module: the one-line descriptions live in :data:`COMMANDS`.
 """
 
@@ -129,6 +130,7 @@ def method_command(name: str) -> click.Command:
         if args is not None and not isinstance(args, (tuple, list)):
             args = [args]
         config = config_from_options(mod.Config, kw)
+        resume = resume or getattr(mod, "RESUME_BY_DEFAULT", False)  # e.g. a plane's saved chunks
         result = run(name, config, list(args) if args is not None else None, out, resume=resume, fresh=fresh,
                      quiet=quiet, plots=not no_plots)
         line = mod.summary(result) if hasattr(mod, "summary") and result else ""
