@@ -363,7 +363,8 @@ def input_record(inputs) -> list[str] | None:
 
 def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool = False, fresh: bool = False,
                quiet: bool = False, **fit_kw) -> dict:
-    """Run one method the one way: check the config, open (guard, lock) the run directory, call
+    """Run one method the one way: check the config (and the inputs, with the method's ``check_inputs``), open
+    (guard, lock) the run directory, call
     ``method.fit(config, inputs, run_dir, quiet=..., **fit_kw)``; a finished run is returned as it is.
 
     `method` is a method module (``lowloss.methods.connect``); the config recorded in config.json and
@@ -371,6 +372,8 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
     """
     name = method.__name__.rsplit(".", 1)[-1]
     config.check()
+    if hasattr(method, "check_inputs"):  # bad input runs are an error before anything is written
+        method.check_inputs(config, inputs)
     record = config_record(config, inputs)
     rd = RunDir.open(out, name, record, resume=resume, fresh=fresh, quiet=quiet)
     if rd.finished is not None:

@@ -1,14 +1,20 @@
-"""Figures for simplexes and complexes: the dimensionality curve and the complex's structure."""
+"""Figures for simplexes and complexes: the complex's structure, the dimensionality curve, the faces' planes.
+
+They read what the runs saved: ``structure.npz`` (pairwise squared distances of the vertices, simplex
+log-volumes, simplexes, vertex kinds), run.json, and the ``plane.npz`` of each face plane.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import plt, save_figure
+
+STRUCTURE_FILE = "structure.npz"
 
 
 def mds_layout(sq_dists: np.ndarray) -> np.ndarray:
@@ -50,13 +56,20 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return np.array(lower[:-1] + upper[:-1])
 
 
-def plot_complex_structure(cplx, path, title: str = "simplicial complex"):
-    """Vertices laid out by MDS of their pairwise distances; simplexes filled, modes vs connectors marked."""
-    from ..subspaces.simplex import pairwise_sq_dists
+def read_structure(directory) -> dict:
+    """DIR/structure.npz as {"sq_dists": [n, n], "log_volumes": [S], "simplexes": [tuple], "kinds": [str]}."""
+    with np.load(Path(directory) / STRUCTURE_FILE) as z:
+        return {"sq_dists": z["sq_dists"], "log_volumes": z["log_volumes"],
+                "simplexes": [tuple(int(i) for i in row if i >= 0) for row in z["simplexes"]],
+                "kinds": [str(k) for k in z["kinds"]]}
 
-    with torch.no_grad():
-        d = pairwise_sq_dists(cplx.vertices()).cpu().numpy()
-        lvs = cplx.log_volumes().cpu().numpy()
+
+def plot_complex_structure(structure: dict, path, title: str = "simplicial complex"):
+    """Vertices laid out by MDS of their pairwise distances; simplexes filled, modes vs connectors marked.
+
+    `structure` is :func:`read_structure`'s dict."""
+    d, lvs = structure["sq_dists"], structure["log_volumes"]
+    simplexes, kinds = structure["simplexes"], structure["kinds"]
     xy = mds_layout(d)
     # thin complexes (connectors near the segment between modes) would be invisible at equal scale:
     # stretch the second axis then, and say so on the axis label
@@ -66,8 +79,8 @@ def plot_complex_structure(cplx, path, title: str = "simplicial complex"):
         stretch = 0.3 * w1 / w2
         xy = xy * np.array([1.0, stretch])
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
-    colors = plt.cm.tab10(np.arange(len(cplx.simplexes)) % 10)
-    for s, c, lv in zip(cplx.simplexes, colors, lvs):
+    colors = plt.cm.tab10(np.arange(len(simplexes)) % 10)
+    for s, c, lv in zip(simplexes, colors, lvs):
         pts = xy[list(s)]
         if len(s) >= 3:
             h = _hull(pts)
@@ -77,8 +90,8 @@ def plot_complex_structure(cplx, path, title: str = "simplicial complex"):
             ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=c, lw=1.0, alpha=0.8)
         if len(s) < 3:
             ax.plot([], [], color=c, label=f"1-simplex {list(s)}: log length {lv:.1f}")
-    modes = [i for i, k in enumerate(cplx.kinds) if k == "mode"]
-    conns = [i for i, k in enumerate(cplx.kinds) if k != "mode"]
+    modes = [i for i, k in enumerate(kinds) if k == "mode"]
+    conns = [i for i, k in enumerate(kinds) if k != "mode"]
     ax.scatter(xy[modes, 0], xy[modes, 1], marker="*", s=220, c="black", zorder=3, label="mode (fixed)")
     if conns:
         ax.scatter(xy[conns, 0], xy[conns, 1], marker="o", s=70, c="tab:red", edgecolors="black", zorder=3,
@@ -119,38 +132,24 @@ def plot_dimension(result: dict, path):
     return save_figure(fig, path)
 
 
-def faces(simplexes) -> list[tuple[int, int, int]]:
-    """Every 2-face (triangle) of every simplex of a complex, once."""
-    out: list[tuple[int, int, int]] = []
-    for s in simplexes:
-        for f in itertools.combinations(sorted(s), 3):
-            if f not in out:
-                out.append(f)
-    return out
-
-
-def face_planes(simplex_dir, out_dir=None, *, grid: int = 11, metrics=("train_loss", "test_error"),
-                margin: float = 0.2, device=None, quiet: bool = False) -> list[dict]:
-    """The loss in the plane of each triangular face of a simplex, through the plane engine.
-
-    One plane per face in ``<out_dir>/face_<i>_<j>_<k>/`` (plane.npz, plane.json, plane_<metric>.png;
-    resumable like ``lowloss plane --simplex DIR --face i j k``, which it is).
-    """
-    from pathlib import Path
-
-    from ..methods import plane as PL
-    from ..methods.spro import load_complex
+def draw_simplex(result: dict, out: Path) -> list[Path]:
+    """A simplex run: structure.png, and plane_<metric>.png in each face plane's directory."""
     from .plane import plot_planes
 
-    simplex_dir = Path(simplex_dir)
-    out_dir = Path(out_dir) if out_dir is not None else simplex_dir / "faces"
-    cplx, _ = load_complex(simplex_dir, device=device)
-    cfg = PL.PlaneConfig(grid=grid, margin=margin, metrics=tuple(metrics))
-    results = []
-    for f in faces(cplx.simplexes):
-        d = out_dir / f"face_{f[0]}_{f[1]}_{f[2]}"
-        inputs = PL.inputs_from_simplex(simplex_dir, f, device=device)
-        info = PL.compute_plane(inputs, cfg, d, quiet=quiet)
-        plot_planes(d, list(metrics))
-        results.append({"face": list(f), "dir": str(d), "points": info.get("points")})
-    return results
+    paths = [plot_complex_structure(read_structure(out), out / "structure.png",
+                                    title=f"ESPRO simplex of {Path(result['base_run']).name}")]
+    for f in result.get("faces") or []:
+        paths += plot_planes(out / "faces" / Path(f["dir"]).name)
+    return paths
+
+
+def draw_complex(result: dict, out: Path) -> list[Path]:
+    """A complex run: structure.png."""
+    title = f"complex: {len(result['modes'])} modes, {result['config']['connectors']} connectors"
+    return [plot_complex_structure(read_structure(out), out / "structure.png", title=title)]
+
+
+def draw_dimension(result: dict, out: Path) -> list[Path]:
+    """A dimension run: dimension.png and structure.png."""
+    return [plot_dimension(result, out / "dimension.png"),
+            plot_complex_structure(read_structure(out), out / "structure.png", title="dimension complex")]
