@@ -17,9 +17,9 @@ import time
 import torch
 
 from lowloss.data import load_dataset
+from lowloss.engine.fit import FitConfig, fit_subspace
 from lowloss.engine.schedules import lr_schedule
 from lowloss.engine.train import Trainer
-from lowloss.engine.fit import FitConfig, fit_subspace
 from lowloss.models import build_model
 from lowloss.params import flatten
 from lowloss.subspaces.curves import make_curve

@@ -132,7 +132,7 @@ def bench_model(name: str, data, n_plain: int, n_engine: int, seed: int = 0) -> 
 
 
 def bench_plane(out: Path, grid: int) -> dict:
-    from lowloss.methods.plane import PlaneConfig, compute_plane, inputs_from_runs
+    from lowloss.api import run
     from lowloss.methods.train import Config as TrainConfig
     from lowloss.methods.train import train as train_mode
 
@@ -143,11 +143,7 @@ def bench_plane(out: Path, grid: int) -> dict:
         runs.append(str(d))
     pdir = out / f"plane{grid}"
     t = time.perf_counter()
-    inputs = inputs_from_runs(runs, device="cpu")
-    info = compute_plane(inputs, PlaneConfig(grid=grid), pdir, quiet=True, fresh=True)
-    from lowloss.plots.plane import plot_planes
-
-    plot_planes(pdir)
+    info = run("plane", inputs=runs, out=pdir, fresh=True, quiet=True, grid=grid, device="cpu")  # with figures
     return {"grid": grid, "seconds": time.perf_counter() - t, "compute_seconds": info["timing"]["seconds"],
             "points_per_second": info["timing"]["points_per_second"], "dir": str(pdir)}
 

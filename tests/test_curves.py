@@ -1,4 +1,4 @@
-"""Mode-connecting curves: closed forms, training through fit_subspace, path evaluation, files, resume."""
+"""Mode-connecting curves: closed forms, training through fit_subspace, path evaluation, run directories, resume."""
 
 import json
 import math
@@ -8,9 +8,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from lowloss.methods import connect as C
 from lowloss.engine.fit import subspace_loss
+from lowloss.methods import connect as C
 from lowloss.params import flatten, functional_forward
+from lowloss.plots.figures import draw
 from lowloss.subspaces.curves import (
     Bezier,
     Line,
@@ -230,27 +231,35 @@ def test_connect_custom_module_midpoint_below_line(small, two_modes, tmp_path):
     # the user's module is untouched
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    # files: curve.json keys and the curve.safetensors format other tools read
-    on_disk = json.loads((tmp_path / "c" / "curve.json").read_text())
+    # files: run.json keys and the curve.safetensors format other tools read
+    on_disk = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert on_disk == ev and on_disk["method"] == "connect"
     for path in ("curve", "line"):
         assert set(on_disk[path]) == set(C.PATH_KEYS) and all(len(v) == 5 for v in on_disk[path].values())
         assert set(on_disk["summary"][path]) == {"max_train_loss", "max_test_error", "barrier"}
-    assert {"config", "versions", "timing", "endpoint_ensemble", "history"} <= set(on_disk)
+    assert {"config", "versions", "timing", "endpoint_ensemble", "endpoints", "bn", "history", "runs"} <= set(on_disk)
+    assert on_disk["config"]["epochs"] == 6 and on_disk["config"]["lr"] == 0.05 and "inputs" not in on_disk["config"]
     with safe_open(str(tmp_path / "c" / "curve.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["control_0", "control_1", "control_2"]
         assert f.get_tensor("control_1").shape == (flatten(a).numel(),)
         assert f.get_tensor("control_1").dtype == torch.float32
         meta = f.metadata()
     assert meta["curve"] == "bezier" and meta["num_bends"] == "1" and json.loads(meta["runs"]) == []
+    assert not list((tmp_path / "c").glob("*.png"))  # methods draw nothing; the figures come from run.json
+    assert [p.name for p in draw("connect", ev, tmp_path / "c")] == ["curve.png", "ensemble.png"]
     assert (tmp_path / "c" / "curve.png").stat().st_size > 0 and (tmp_path / "c" / "ensemble.png").exists()
     assert not (tmp_path / "c" / "checkpoint.safetensors").exists()
+    assert "barrier" in C.summary(ev) and "ensemble {w_A, w_B}" in C.summary(ev)
     loaded = C.load_controls(tmp_path / "c")
     assert torch.equal(loaded.control(1), res.curve.control(1).detach())
     # a finished directory is not redone
-    again = C.connect(model, a, b, small, epochs=6, lr=0.05, points=5, quiet=True, out=tmp_path / "c", seed=0)
-    assert again.evaluation["curve"] == ev["curve"]
+    again = C.connect(model, a, b, small, config=C.Config(epochs=6, lr=0.05), points=5, quiet=True,
+                      out=tmp_path / "c")
+    assert again.evaluation == ev
     with pytest.raises(LowlossError, match="another config"):
         C.connect(model, a, b, small, epochs=7, lr=0.05, points=5, quiet=True, out=tmp_path / "c")
+    with pytest.raises(LowlossError, match="has no field bend"):
+        C.connect(model, a, b, small, bend=2, quiet=True)
 
 
 def test_chunked_evaluation_equals_one_point_at_a_time(small, two_modes, monkeypatch):
@@ -285,7 +294,7 @@ def test_dataloader_input_and_t_per_batch(small, two_modes):
 
 def test_resume_equals_uninterrupted(small, two_modes, tmp_path, monkeypatch):
     a, b = two_modes
-    kw = dict(epochs=2, points=4, quiet=True, seed=3, curve="polychain", bends=2, plots=False)
+    kw = dict(epochs=2, points=4, quiet=True, seed=3, curve="polychain", bends=2)
     full = C.connect(SmallBNNet(), a, b, small, out=tmp_path / "full", **kw)
 
     # 1) interrupted right after epoch 1's checkpoint
@@ -352,37 +361,52 @@ def tiny_runs(tmp_path_factory):
             "split": mk("split", seed=3, data_seed=1)}
 
 
-def test_connect_runs_and_load_curve(tiny_runs, tmp_path):
+def test_connect_runs_and_load_curve(tiny_runs, tmp_path, capsys):
+    from lowloss.api import run
     from lowloss.cli import main
 
     out = tmp_path / "curve"
     main(["connect", str(tiny_runs["a"]), str(tiny_runs["b"]), "--out", str(out), "--epochs", "1", "--points", "3",
-          "--device", "cpu", "-q"])
-    res = C.connect_runs(tiny_runs["a"], tiny_runs["b"], out=out, device="cpu", epochs=1, points=3, quiet=True)
-    assert res.evaluation == json.loads((out / "curve.json").read_text())  # finished: loaded, not redone
-    assert json.loads((out / "config.json").read_text())["lr"] == C.ConnectConfig().lr
+          "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{out}:") and "barrier" in printed and "ensemble {w_A, w_B}" in printed
+    assert (out / "curve.png").exists() and (out / "ensemble.png").exists()
+    res = run("connect", inputs=[tiny_runs["a"], tiny_runs["b"]], out=out, device="cpu", epochs=1, points=3,
+              quiet=True)
+    assert res == json.loads((out / "run.json").read_text())  # finished: loaded, not redone
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == C.Config().lr and config["inputs"] == [str(tiny_runs[k].resolve()) for k in "ab"]
     with safe_open(str(out / "curve.safetensors"), "pt") as f:
         runs = json.loads(f.metadata()["runs"])
-    assert [str(p) for p in (tiny_runs["a"].resolve(), tiny_runs["b"].resolve())] == runs
-    curve, run = C.load_curve(out)
-    assert torch.equal(curve.control(0), run.vector)
-    assert torch.equal(curve.control(1), res.curve.control(1).detach())
+    assert [str(p) for p in (tiny_runs["a"].resolve(), tiny_runs["b"].resolve())] == runs == res["runs"]
+    assert C.curve_runs(out) == runs
+    curve, run_a = C.load_curve(out)
+    assert torch.equal(curve.control(0), run_a.vector) and run_a.path == tiny_runs["a"].resolve()
     assert isinstance(curve, Bezier) and curve.num_bends == 1
+    loaded, _ = C.load(out)
+    assert torch.equal(loaded.control(1), curve.control(1))
+    with pytest.raises(LowlossError, match="expected a `lowloss connect` run"):
+        C.load(tiny_runs["a"])
 
 
 def test_mismatched_runs_are_a_clear_error(tiny_runs, tmp_path, capsys):
     from lowloss.cli import main
+    from lowloss.rundir import run_method
 
     with pytest.raises(SystemExit) as e:
         main(["connect", str(tiny_runs["a"]), str(tiny_runs["wide"]), "--out", str(tmp_path / "v"), "-q"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "differ in architecture or data" in err and len(err.splitlines()) == 1
+    cfg = C.Config(device="cpu")
     with pytest.raises(LowlossError, match="differ in architecture or data"):
-        C.connect_runs(tiny_runs["a"], tiny_runs["wide"], out=tmp_path / "x", device="cpu", quiet=True)
+        run_method(C, cfg, [tiny_runs["a"], tiny_runs["wide"]], tmp_path / "x", quiet=True)
     with pytest.raises(LowlossError, match="differ in architecture or data"):
-        C.connect_runs(tiny_runs["a"], tiny_runs["split"], out=tmp_path / "y", device="cpu", quiet=True)
+        run_method(C, cfg, [tiny_runs["a"], tiny_runs["split"]], tmp_path / "y", quiet=True)
     with pytest.raises(LowlossError, match="identical weights"):
-        C.connect_runs(tiny_runs["a"], tiny_runs["a"], out=tmp_path / "z", device="cpu", quiet=True)
-    with pytest.raises(LowlossError, match="not a finished run"):
-        C.connect_runs(tiny_runs["a"], tmp_path, out=tmp_path / "w", device="cpu", quiet=True)
+        run_method(C, cfg, [tiny_runs["a"], tiny_runs["a"]], tmp_path / "z", quiet=True)
+    with pytest.raises(LowlossError, match="not a finished lowloss run"):
+        run_method(C, cfg, [tiny_runs["a"], tmp_path], tmp_path / "w", quiet=True)
+    with pytest.raises(LowlossError, match="--t-per-batch"):
+        run_method(C, C.Config(t_per_batch=100), [tiny_runs["a"], tiny_runs["b"]], tmp_path / "u", quiet=True)
+    assert not (tmp_path / "u").exists()  # a bad config is refused before anything is written

@@ -59,7 +59,7 @@ def run(name: str, config=None, inputs=None, out: str | os.PathLike | None = Non
     config = replace(config if config is not None else mod.Config(), **overrides)
     out = out if out is not None else f"runs/{name}"
     result = run_method(mod, config, inputs, out, resume=resume, fresh=fresh, quiet=quiet, **(fit_kwargs or {}))
-    if plots and result and "stopped_after_epoch" not in result:
+    if plots and result and "method" in result:  # a finished run (an early stop returns no run.json)
         from .plots.figures import draw
 
         draw(name, result, out)

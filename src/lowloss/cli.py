@@ -62,9 +62,10 @@ def config_options(config_cls, skip: tuple[str, ...] = ()):
             kw = {"help": spec.help}
             if spec.type is bool:
                 flag = spec.flag
-                decls = [flag] if not spec.default else [f"{flag}/--no-{flag[2:]}"]
-                f = click.option(*decls, spec.name, default=bool(spec.default), show_default=bool(spec.default),
-                                 **kw)(f)
+                if spec.default:
+                    f = click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=True, show_default=True, **kw)(f)
+                else:
+                    f = click.option(flag, spec.name, is_flag=True, default=False, **kw)(f)
                 continue
             if spec.multiple:
                 f = click.option(spec.flag, spec.name, multiple=True, metavar=spec.metavar, **kw)(f)

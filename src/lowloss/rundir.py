@@ -140,7 +140,7 @@ class RunDir:
              fresh: bool = False, quiet: bool = False) -> RunDir:
         """Guard `path` for a run of `method` with `config`.
 
-        - finished with the same config (or with `resume`): ``finished`` holds its run.json;
+        - finished with the same config: ``finished`` holds its run.json (nothing to do);
         - finished with another config: an error (choose a new --out, or --fresh);
         - interrupted: with `resume` and the same config it continues; without `resume` an error;
         - files that lowloss did not write: an error; `fresh` empties a directory lowloss wrote first.
@@ -157,7 +157,7 @@ class RunDir:
             if info.get("method", method) != method:
                 raise LowlossError(f"{p} holds a finished `{info.get('method')}` run, not `{method}`; choose a "
                                    "new --out")
-            if _same(info.get("config"), rd.config) or resume:
+            if _same(info.get("config"), rd.config):
                 echo(f"{p} is already finished; nothing to do", quiet)
                 rd.finished = info
                 return rd
@@ -221,7 +221,7 @@ class RunDir:
 
     def finish(self, result: dict, *, model: dict | None = None, remove: tuple[str, ...] = ()) -> dict:
         """Write run.json (method, config, versions, `model` architecture if any, then `result`), remove the
-        checkpoint and the partial files named in `remove`, release the lock. Returns run.json's contents."""
+        checkpoint and the partial files or directories named in `remove`, release the lock. Returns run.json's contents."""
         info = {"method": self.method, "config": self.config, "versions": versions()}
         if model is not None:
             info["model"] = {k: model.get(k) for k in ARCHITECTURE_KEYS}
@@ -229,7 +229,13 @@ class RunDir:
         info = jsonable(info)
         write_json(self.path / RESULT_FILE, info)
         for name in (CHECKPOINT_FILE, *remove):
-            (self.path / name).unlink(missing_ok=True)
+            target = self.path / name
+            if target.is_dir():
+                import shutil
+
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
         self.release()
         self.finished = info
         return info
@@ -362,7 +368,7 @@ def input_record(inputs) -> list[str] | None:
 
 
 def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool = False, fresh: bool = False,
-               quiet: bool = False, **fit_kw) -> dict:
+               quiet: bool = False, check_inputs: bool = True, **fit_kw) -> dict:
     """Run one method the one way: check the config (and the inputs, with the method's ``check_inputs``), open
     (guard, lock) the run directory, call
     ``method.fit(config, inputs, run_dir, quiet=..., **fit_kw)``; a finished run is returned as it is.
@@ -372,7 +378,7 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
     """
     name = method.__name__.rsplit(".", 1)[-1]
     config.check()
-    if hasattr(method, "check_inputs"):  # bad input runs are an error before anything is written
+    if check_inputs and hasattr(method, "check_inputs"):  # bad input runs: an error before anything is written
         method.check_inputs(config, inputs)
     record = config_record(config, inputs)
     rd = RunDir.open(out, name, record, resume=resume, fresh=fresh, quiet=quiet)

@@ -1,81 +1,96 @@
-"""Mode connectivity (Garipov et al. 2018): train a curve between two networks, then walk along it.
+"""Connect RUN_A and RUN_B (same architecture and data) with a trained low-loss curve (Garipov et al. 2018).
 
     l(theta) = E_{t ~ U(0,1)} L(phi_theta(t))  [+ wd/2 ||phi_theta(t)||^2]
 
-:func:`connect` trains the bends of a Bezier curve or polygonal chain between two parameter vectors of
-any ``nn.Module`` (through :func:`lowloss.engine.fit.fit_subspace`: one t per minibatch, or the batch
-split among ``t_per_batch`` values; BatchNorm in train mode; weight decay on phi(t); endpoints fixed
-unless ``free_endpoints``), then evaluates the curve AND the line segment at ``points`` equally spaced t
-with the shared engine (:func:`lowloss.engine.evaluate.evaluate_vectors`, BN statistics recomputed per point):
-train/test loss and error, plus the error and NLL of the two-model ensemble {w_A, phi(t)}.
+The bends of a Bezier curve or polygonal chain between the two networks are trained with one t per
+minibatch (or the batch split among --t-per-batch values of t), BatchNorm in train mode, weight decay on
+the point phi(t) (not on each control point) and the endpoints fixed unless --free-endpoints. The curve
+AND the line segment are then evaluated at --points equally spaced t, with BN statistics recomputed at
+each point: train/test loss and error, and the test error and NLL of the two-model ensemble {w_A, phi(t)}.
 
-With ``out`` it writes a run directory: ``curve.safetensors`` (the control points), ``curve.json`` (the
-evaluation, see :func:`connect`), ``curve.png`` and ``ensemble.png``; an interrupted run (training or
-evaluation) continues with ``resume=True``. :func:`load_curve` opens such a directory again.
+Writes curve.safetensors (control_0..control_{n-1}, flat parameter vectors), run.json (the evaluation:
+t; per path curve/line the lists train_loss, train_error, test_loss, test_error, ensemble_test_error,
+ensemble_test_nll; summary.{curve,line}.{barrier, max_train_loss, max_test_error}; endpoint_ensemble;
+endpoints; history; timing), curve.png and ensemble.png. An interrupted run (training or evaluation)
+continues with --resume.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import metrics as M
+from ..config import option, replace, require
 from ..data import Dataset
 from ..engine.evaluate import evaluate_vectors
-from ..engine.train import Trainer
-from ..params import Forward, flatten, has_batchnorm, num_params
-from ..subspaces.curves import CURVES, Curve, Line, curve_class, make_curve
-from ..utils import LowlossError, echo, progress, read_json, seed_everything, versions, write_json
 from ..engine.fit import FitConfig, fit_subspace
+from ..engine.schedules import SCHEDULES
+from ..params import Forward, flatten, has_batchnorm, num_params
+from ..rundir import (
+    RunDir,
+    find_run,
+    input_record,
+    load_run,
+    load_runs,
+    load_tensors,
+    read_result,
+    run_method,
+    save_tensors,
+)
+from ..subspaces.curves import Curve, Line, curve_class, make_curve
+from ..utils import LowlossError, progress, seed_everything
 
+INPUTS = {"metavar": "RUN_A RUN_B", "nargs": 2}
 CURVE_FILE = "curve.safetensors"
-RESULT_FILE = "curve.json"
-CONFIG_FILE = "config.json"
 PARTIAL_FILE = "curve_eval.partial.json"
 PATH_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "ensemble_test_error", "ensemble_test_nll")
 
 
 @dataclass
-class ConnectConfig:
-    """Settings of one curve fit. Defaults measured on digits (convnet and mlp modes of `lowloss train`)."""
+class Config:
+    """One curve fit. Defaults measured on digits (convnet and mlp modes of `lowloss train`)."""
 
-    curve: str = "bezier"
-    bends: int = 1
+    curve: str = option("bezier", "Curve family: Bezier (Bernstein weights) or polygonal chain through the bends.",
+                        choices=("bezier", "polychain"))
+    bends: int = option(1, "Number of trainable bends (control points between the endpoints).")
     epochs: int = 20
     lr: float = 0.1
     momentum: float = 0.9
     wd: float = 5e-4
     batch_size: int = 64
-    schedule: str = "curve"
-    t_per_batch: int = 1
-    points: int = 61
-    free_endpoints: bool = False
+    schedule: str = option("curve", "Learning-rate schedule; 'curve' is Garipov et al.'s (constant, linear "
+                                    "decay to 1% by 90%).", choices=SCHEDULES)
+    t_per_batch: int = option(1, "Values of t per minibatch (the batch is split among them; lower-variance "
+                                 "gradient).")
+    points: int = option(61, "Equally spaced values of t at which the curve and the line are evaluated.")
+    free_endpoints: bool = option(False, "Train the endpoints too (fixed to the two runs by default).")
     seed: int = 0
     bn_subset: int | None = None
+    device: str = "auto"
 
     def check(self) -> None:
-        if self.curve not in CURVES or self.curve == "line":
-            raise LowlossError(f"--curve must be bezier or polychain (got '{self.curve}'); the line is always "
-                               "evaluated as the baseline")
-        if self.bends < 1:
-            raise LowlossError(f"--bends must be >= 1 (got {self.bends})")
-        if self.points < 2:
-            raise LowlossError(f"--points must be >= 2 so that both endpoints are evaluated (got {self.points})")
-        if self.t_per_batch < 1 or self.t_per_batch > self.batch_size:
-            raise LowlossError(f"--t-per-batch must be between 1 and the batch size {self.batch_size} "
-                               f"(got {self.t_per_batch})")
-        if self.epochs < 0:
-            raise LowlossError(f"--epochs must be >= 0 (got {self.epochs})")
+        require(self.curve in ("bezier", "polychain"),
+                f"--curve must be bezier or polychain (got '{self.curve}'); the line is always evaluated as the "
+                "baseline")
+        require(self.bends >= 1, f"--bends must be >= 1 (got {self.bends})")
+        require(self.points >= 2, f"--points must be >= 2 so that both endpoints are evaluated (got {self.points})")
+        require(1 <= self.t_per_batch <= self.batch_size,
+                f"--t-per-batch must be between 1 and the batch size {self.batch_size} (got {self.t_per_batch})")
+        require(self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})")
+        require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
 
 
 @dataclass
 class ConnectResult:
-    """What :func:`connect` returns: the trained curve, the line baseline and the evaluation (curve.json)."""
+    """What :func:`connect` returns: the trained curve, the line baseline and run.json's contents."""
 
     curve: Curve
     line: Line
@@ -203,89 +218,55 @@ def evaluate_path(model: nn.Module, path: Curve, t: torch.Tensor, data: Dataset,
     return res
 
 
-# ------------------------------------------------------------------------------------------ API
-def connect(model: nn.Module, w_a, w_b, data, *, curve: str = "bezier", bends: int = 1,
-            epochs: int = ConnectConfig.epochs, lr: float = ConnectConfig.lr, wd: float = ConnectConfig.wd,
-            momentum: float = ConnectConfig.momentum, batch_size: int = ConnectConfig.batch_size,
-            schedule: str = ConnectConfig.schedule, t_per_batch: int = 1, points: int = ConnectConfig.points,
-            free_endpoints: bool = False, seed: int = 0, bn_subset: int | None = None, out=None,
-            resume: bool = False, quiet: bool = False, forward: Forward | None = None, test=None,
-            num_classes: int | None = None, runs=None, plots: bool = True, evaluate: bool = True) -> ConnectResult:
-    """Train a curve from `w_a` to `w_b` on `data` and evaluate it against the line segment.
-
-    `model` is any ``nn.Module`` (never modified); `w_a`, `w_b` are flat parameter vectors
-    (``lowloss.flatten(net)``) or modules of the same architecture. `data` is a lowloss Dataset, a
-    ``(train_loader, test_loader)`` pair, or a train DataLoader with `test=` (classification). `forward`
-    customises the call for models that do not take ``model(x)``.
-
-    Returns a :class:`ConnectResult`. ``result.evaluation`` (also ``out/curve.json``) has ``t``; for
-    ``curve`` and ``line`` the lists train_loss, train_error, test_loss, test_error, ensemble_test_error,
-    ensemble_test_nll ({w_A, phi(t)}, mean of probabilities); ``summary`` per path (max_train_loss,
-    max_test_error, barrier on the train loss); ``endpoint_ensemble`` ({w_A, w_B}); ``endpoints``;
-    ``config``, ``versions``, ``timing``, ``history``. Errors are fractions, losses mean NLL.
-    """
-    cfg = ConnectConfig(curve=curve, bends=bends, epochs=epochs, lr=lr, momentum=momentum, wd=wd,
-                        batch_size=batch_size, schedule=schedule, t_per_batch=t_per_batch, points=points,
-                        free_endpoints=free_endpoints, seed=seed, bn_subset=bn_subset)
-    cfg.check()
-    data = as_dataset(data, test, num_classes)
+# ------------------------------------------------------------------------------------------ method
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, model: nn.Module | None = None,
+        w_a: torch.Tensor | None = None, w_b: torch.Tensor | None = None, data: Dataset | None = None,
+        forward: Forward | None = None) -> dict:
+    """Train the curve between RUN_A and RUN_B (or, from Python, between `w_a` and `w_b` of `model` on
+    `data`), evaluate it against the line and write the run directory. Returns run.json's contents."""
+    config.check()
+    if inputs:
+        a, b = load_runs(inputs, device=config.device)
+        if torch.equal(a.vector, b.vector):
+            raise LowlossError(f"{inputs[0]} and {inputs[1]} hold identical weights: connect two different modes "
+                               "(e.g. lowloss train --seed 0 and --seed 1)")
+        model, w_a, w_b, data = a.model, a.vector, b.vector, a.data
+    elif model is None or w_a is None or w_b is None or data is None:
+        raise LowlossError("connect needs two run directories RUN_A RUN_B (or, from Python, model, w_a, w_b and "
+                           "data: lowloss.connect)")
     if data.num_classes <= 0:
         raise LowlossError("connect evaluates classifiers (loss = cross-entropy, error = 1 - accuracy); "
                            f"the data '{data.name}' is a regression task")
     w_a, w_b = _as_vector(w_a, model, "w_a"), _as_vector(w_b, model, "w_b")
     device = w_a.device
     data = data.to(device)
-    runs = [str(r) for r in (runs or [])]
-    record = {**asdict(cfg), "runs": runs}
+    runs = input_record(inputs) or []
 
-    out = Path(out) if out is not None else None
-    if out is not None:
-        finished = _check_out(out, record, resume)
-        if finished is not None:
-            echo(f"{out} is already finished; nothing to do", quiet)
-            return finished
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, record)
-
-    gen = seed_everything(seed)
-    path = make_curve(curve, w_a, w_b, bends, fix_endpoints=not free_endpoints)
-    fit = FitConfig(epochs=epochs, lr=lr, momentum=momentum, wd=wd, batch_size=batch_size, schedule=schedule,
-                    coords_per_batch=t_per_batch)
+    gen = seed_everything(config.seed)
+    path = make_curve(config.curve, w_a, w_b, config.bends, fix_endpoints=not config.free_endpoints)
+    fit_cfg = FitConfig(epochs=config.epochs, lr=config.lr, momentum=config.momentum, wd=config.wd,
+                        batch_size=config.batch_size, schedule=config.schedule, coords_per_batch=config.t_per_batch)
     t0 = time.time()
-    history = fit_subspace(model, path, data, fit, generator=gen, run_dir=out, resume=resume, quiet=quiet,
-                           desc=f"connect {out.name if out else curve}", device=device, forward=forward)
+    history = fit_subspace(model, path, data, fit_cfg, generator=gen, run_dir=run_dir.path,
+                           resume=run_dir.resuming, quiet=quiet, desc=f"connect {run_dir.path.name}", device=device,
+                           forward=forward)
     train_seconds = time.time() - t0
-    if out is not None:
-        save_curve(out / CURVE_FILE, path, runs, free_endpoints)
-    line = Line(w_a, w_b)
-    if not evaluate:
-        return ConnectResult(path, line, {}, history, out)
+    save_curve(run_dir.file(CURVE_FILE), path, runs, config.free_endpoints)
 
     t1 = time.time()
-    evaluation = _evaluate(model, path, line, data, cfg, out, resume, quiet, forward)
-    evaluation.update({"config": record, "runs": runs, "versions": versions(), "history": history,
-                       "num_params": int(w_a.numel()), "data": data.describe(),
-                       "timing": {"train_seconds": train_seconds, "eval_seconds": time.time() - t1,
-                                  "points_evaluated": 2 * cfg.points + 2}})
-    if out is not None:
-        write_json(out / RESULT_FILE, evaluation)
-        (out / PARTIAL_FILE).unlink(missing_ok=True)
-        (out / Trainer.CKPT).unlink(missing_ok=True)
-        if plots:
-            from ..plots.curves import plot_curve, plot_ensemble
-
-            plot_curve(evaluation, out / "curve.png")
-            plot_ensemble(evaluation, out / "ensemble.png")
-    return ConnectResult(path, line, evaluation, history, out)
+    result = _evaluate(model, path, Line(w_a, w_b), data, config, run_dir, quiet, forward)
+    result.update({"runs": runs, "history": history, "num_params": int(w_a.numel()), "data": data.describe(),
+                   "timing": {"train_seconds": train_seconds, "eval_seconds": time.time() - t1,
+                              "points_evaluated": 2 * config.points + 2}})
+    return run_dir.finish(result, remove=(PARTIAL_FILE,))
 
 
-def _evaluate(model, path, line, data, cfg: ConnectConfig, out: Path | None, resume: bool, quiet: bool,
-              forward) -> dict:
+def _evaluate(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool, forward) -> dict:
     """Endpoints, then the curve and the line at cfg.points values of t; resumable through a partial file."""
     t = torch.linspace(0, 1, cfg.points, dtype=torch.float64)
     partial = {}
-    if out is not None and resume and (out / PARTIAL_FILE).exists():
-        partial = read_json(out / PARTIAL_FILE)
+    if run_dir.resuming and run_dir.file(PARTIAL_FILE).exists():
+        partial = run_dir.read_json(PARTIAL_FILE)
     total = 2 + 2 * cfg.points
     bar = progress(total=total, desc="evaluate path", quiet=quiet, unit="pt")
     try:
@@ -301,8 +282,7 @@ def _evaluate(model, path, line, data, cfg: ConnectConfig, out: Path | None, res
 
         def save_partial(name):
             def f(res):
-                if out is not None:
-                    write_json(out / PARTIAL_FILE, {**{k: v for k, v in result.items() if k != "t"}, name: res})
+                run_dir.write_json(PARTIAL_FILE, {**{k: v for k, v in result.items() if k != "t"}, name: res})
             return f
 
         for name, p in (("curve", path), ("line", line)):
@@ -322,62 +302,56 @@ def _evaluate(model, path, line, data, cfg: ConnectConfig, out: Path | None, res
     return result
 
 
-def _check_out(out: Path, record: dict, resume: bool) -> ConnectResult | None:
-    """The finished result when `out` already holds this run; an error when it holds another one."""
-    if (out / RESULT_FILE).exists() and (out / CURVE_FILE).exists():
-        info = read_json(out / RESULT_FILE)
-        if _same(info.get("config"), record) or resume:
-            curve, _ = _load_controls(out)
-            ends = [curve.control(0), curve.control(curve.num_controls - 1)]
-            return ConnectResult(curve, Line(*ends), info, info.get("history", []), out)
-        raise LowlossError(f"{out} already holds a finished curve with another config; choose a new --out")
-    busy = (out / Trainer.CKPT).exists() or (out / PARTIAL_FILE).exists()
-    if busy and not resume:
-        raise LowlossError(f"{out} holds an interrupted connect run: continue it with --resume or choose a new --out")
-    if resume and (out / CONFIG_FILE).exists() and not _same(read_json(out / CONFIG_FILE), record):
-        raise LowlossError(f"--resume with a different config than the interrupted run in {out} "
-                           f"(it was {read_json(out / CONFIG_FILE)})")
-    return None
-
-
-def _same(a, b) -> bool:
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+def summary(info: dict) -> str:
+    s, pair = info["summary"], info["endpoint_ensemble"]
+    lines = [f"{name:>5}: barrier {s[name]['barrier']:.4f}  max train loss {s[name]['max_train_loss']:.4f}  "
+             f"max test error {100 * s[name]['max_test_error']:.2f}%" for name in ("curve", "line")]
+    lines.append(f"ensemble {{w_A, w_B}}: test error {100 * pair['test_error']:.2f}%  NLL {pair['test_nll']:.4f}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ files
 def save_curve(path: Path, curve: Curve, runs, free_endpoints: bool = False) -> None:
     """control_0..control_{n-1} as flat [P] float32 vectors; metadata curve, num_bends, runs (JSON list)."""
-    from ..rundir import save_tensors as save_state
-
     tensors = {f"control_{i}": curve.control(i).detach().float() for i in range(curve.num_controls)}
-    save_state(path, tensors, {"curve": curve.kind, "num_bends": str(curve.num_bends), "runs": json.dumps(runs),
+    save_tensors(path, tensors, {"curve": curve.kind, "num_bends": str(curve.num_bends), "runs": json.dumps(runs),
                                "free_endpoints": json.dumps(bool(free_endpoints))})
 
 
-def _load_controls(directory: Path, device=None) -> tuple[Curve, dict]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+def _read_curve(directory, device=None, *, controls: bool = True) -> tuple[Curve | None, list[str]]:
+    """The one reader of curve.safetensors: (the curve, or None without `controls`; the recorded runs)."""
     f = Path(directory) / CURVE_FILE
     if not f.exists():
-        hint = (" (training was interrupted: finish it with lowloss connect --resume)"
-                if (Path(directory) / Trainer.CKPT).exists() else "")
-        raise LowlossError(f"{directory} has no {CURVE_FILE}: it is not a finished `lowloss connect` run{hint}")
-    with safe_open(str(f), "pt") as fh:
-        meta = fh.metadata() or {}
-    tensors = load_file(str(f), device=str(device) if device is not None else "cpu")
+        raise LowlossError(f"{directory} has no {CURVE_FILE}: it is not a finished `lowloss connect` run (an "
+                           "interrupted one continues with the same command and --resume)")
+    if not controls:
+        from safetensors import safe_open
+
+        with safe_open(str(f), "pt") as fh:
+            return None, json.loads((fh.metadata() or {}).get("runs", "[]"))
+    tensors, meta = load_tensors(f, device)
     n = int(meta.get("num_bends", len(tensors) - 2)) + 2
     try:
-        controls = [tensors[f"control_{i}"] for i in range(n)]
+        points = [tensors[f"control_{i}"] for i in range(n)]
     except KeyError as e:
         raise LowlossError(f"{f} lacks {e}: it was not written by lowloss connect") from None
     kind = meta.get("curve", "bezier")
     free = json.loads(meta.get("free_endpoints", "false"))
     if kind == "line":
-        curve = Line(controls[0], controls[-1])
+        curve = Line(points[0], points[-1])
     else:
-        curve = curve_class(kind)(controls, [free] + [True] * (n - 2) + [free])
-    return curve, meta
+        curve = curve_class(kind)(points, [free] + [True] * (n - 2) + [free])
+    return curve, json.loads(meta.get("runs", "[]"))
+
+
+def load_controls(directory, device=None) -> Curve:
+    """Just the curve of a `lowloss connect` directory (no run needed)."""
+    return _read_curve(directory, device)[0]
+
+
+def curve_runs(directory) -> list[str]:
+    """The run directories a curve was trained between, as recorded in its curve.safetensors."""
+    return _read_curve(directory, controls=False)[1]
 
 
 def load_curve(directory, device=None):
@@ -385,15 +359,12 @@ def load_curve(directory, device=None):
 
     The curve's controls are on the run's device; the Run gives the module, the data and w_A.
     """
-    from ..rundir import load_run
-
     directory = Path(directory)
-    curve, meta = _load_controls(directory)
-    runs = json.loads(meta.get("runs", "[]"))
+    curve, runs = _read_curve(directory)
     if not runs:
         raise LowlossError(f"{directory / CURVE_FILE} records no run directories (it was made with the Python API "
                            "on a user model): load the controls with lowloss.methods.connect.load_controls")
-    run_a = _find_run(runs[0], directory)
+    run_a = find_run(runs[0], directory)
     run = load_run(run_a, device=device)
     if run.vector.numel() != curve.control(0).numel():
         raise LowlossError(f"{run_a} has {run.vector.numel()} parameters but the curve in {directory} has "
@@ -401,35 +372,45 @@ def load_curve(directory, device=None):
     return curve.to(run.vector.device), run
 
 
-def load_controls(directory, device=None) -> Curve:
-    """Just the curve of a `lowloss connect` directory (no run needed)."""
-    return _load_controls(Path(directory), device)[0]
+def load(path, device=None):
+    """A finished `lowloss connect` directory: (the trained curve, the Run of RUN_A)."""
+    read_result(path, "connect", needs=(CURVE_FILE,))
+    return load_curve(path, device=device)
 
 
-def _find_run(p: str, directory: Path) -> Path:
-    """A recorded run path: as recorded, else next to the curve directory (a moved project tree)."""
-    cands = [Path(p), directory.parent / Path(p).name, directory / Path(p).name]
-    for c in cands:
-        if (c / "run.json").exists():
-            return c
-    raise LowlossError(f"the curve in {directory} was trained between runs {p} ...; that run directory is gone "
-                       f"(looked in {', '.join(str(c) for c in cands)})")
+# ------------------------------------------------------------------------------------------ Python API
+def connect(model: nn.Module, w_a, w_b, data, *, config: Config | None = None, out=None, resume: bool = False,
+            quiet: bool = False, forward: Forward | None = None, test=None, num_classes: int | None = None,
+            **overrides) -> ConnectResult:
+    """Train a curve from `w_a` to `w_b` on `data` and evaluate it against the line segment.
+
+    `model` is any ``nn.Module`` (never modified); `w_a`, `w_b` are flat parameter vectors
+    (``lowloss.flatten(net)``) or modules of the same architecture. `data` is a lowloss Dataset, a
+    ``(train_loader, test_loader)`` pair, or a train DataLoader with `test=` (classification). `forward`
+    customises the call for models that do not take ``model(x)``. Settings are `config` (a
+    :class:`Config`) and/or its fields as keywords (``curve="polychain", bends=3``); the device is the
+    model's.
+
+    With `out` the run directory is written as by ``lowloss connect`` (figures: ``lowloss.run`` or
+    :func:`lowloss.plots.figures.draw`); without it the run happens in a temporary directory. Returns a
+    :class:`ConnectResult`: the curve as saved in curve.safetensors (float32 control points on the model's
+    device), the line, run.json's contents (``evaluation``) and the training history.
+    """
+    config = replace(config or Config(), **overrides)
+    config.check()
+    data = as_dataset(data, test, num_classes)
+    w_a, w_b = _as_vector(w_a, model, "w_a"), _as_vector(w_b, model, "w_b")
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="lowloss-connect-") as tmp:
+            res = connect(model, w_a, w_b, data, config=config, out=tmp, quiet=quiet, forward=forward)
+        res.out = None
+        return res
+    info = run_method(sys.modules[__name__], config, None, out, resume=resume, quiet=quiet, model=model, w_a=w_a,
+                      w_b=w_b, data=data, forward=forward)
+    curve = load_controls(out, device=w_a.device).to(w_a.dtype)
+    return ConnectResult(curve, Line(curve.control(0), curve.control(curve.num_controls - 1)), info,
+                         info.get("history", []), Path(out))
 
 
-# ------------------------------------------------------------------------------------------ runs
-def connect_runs(run_a, run_b, *, out, device=None, resume: bool = False, quiet: bool = False,
-                 **kw) -> ConnectResult:
-    """`lowloss connect RUN_A RUN_B`: load two finished runs (same architecture and data) and connect them."""
-    from ..rundir import load_runs
-
-    runs = load_runs([run_a, run_b], device=device)
-    a, b = runs
-    if torch.equal(a.vector, b.vector):
-        raise LowlossError(f"{run_a} and {run_b} hold identical weights: connect two different modes "
-                           "(e.g. lowloss train --seed 0 and --seed 1)")
-    paths = [str(Path(r).resolve()) for r in (run_a, run_b)]
-    return connect(a.model, a.vector, b.vector, a.data, out=out, resume=resume, quiet=quiet, runs=paths, **kw)
-
-
-__all__ = ["ConnectConfig", "ConnectResult", "as_dataset", "barrier", "connect", "connect_runs",
-           "evaluate_path", "load_controls", "load_curve", "save_curve"]
+__all__ = ["Config", "ConnectResult", "as_dataset", "barrier", "connect", "curve_runs", "evaluate_path", "fit",
+           "load", "load_controls", "load_curve", "save_curve", "summary"]

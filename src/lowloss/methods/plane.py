@@ -1,55 +1,116 @@
-"""Loss-surface planes: metrics on a G x G grid in the plane through three points (METHODS.md section 2).
+"""The loss surface on the plane through RUN_A RUN_B RUN_C, through a curve (--curve DIR), or through a face
+of a simplex (--simplex DIR --face I J K).
 
-The plane goes through three run directories, through a curve (its two endpoints and its middle control
-point, as in Garipov et al.), or through three vertices of a simplex (Benton et al.). Every grid point is
-w(x, y) = origin + x u + y v, evaluated by :func:`lowloss.engine.evaluate.evaluate_vectors` (BN statistics
-recomputed per point when the model has BatchNorm). The grid is computed in chunks that are saved
-atomically as they finish (``DIR/chunks/``), so an interrupted run continues where it stopped.
+The plane through a curve goes through its two endpoints and its middle control point (Garipov et al.)
+and shows the curve projected on it; the plane of a simplex face (Benton et al.) shows the simplex's
+edges. Gram-Schmidt basis u = (b-a)/|b-a|, v = (c-a)_perp/|..|; every grid point w(x, y) = origin + x u +
+y v is computed from the origin and evaluated with BN statistics recomputed per point. The G x G grid
+covers the projected points' bounding box plus --margin per side. It is computed in chunks saved
+atomically as they finish (chunks/), so an interrupted plane continues where it stopped when the same
+command is run again with --resume.
 
-Outputs: ``DIR/plane.npz`` (axes ``x``, ``y``; one [G, G] array per metric indexed [iy, ix]; projected
-points, curve and simplex; origin and basis norms), ``DIR/plane_basis.safetensors`` (origin, u, v) and
-``DIR/plane.json`` (config, sources, timing, points per second, engine plan, versions).
+Writes plane.npz (axes x, y; one [G, G] array per metric indexed [iy, ix]; projected points, curve and
+simplex; origin and basis norms), plane_basis.safetensors (origin, u, v), run.json (sources, the three
+points' metrics and coordinates, ranges, timing, points per second, the engine's plan) and
+plane_<metric>.png.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import option, replace, require, split_list
 from ..engine.evaluate import evaluate_vectors
-from ..subspaces.plane import Plane, grid_axes, grid_coordinates
-from ..utils import LowlossError, atomic_path, echo, progress, read_json, versions, write_json
+from ..rundir import RunDir, load_runs, load_tensors, read_result, run_method
+from ..subspaces.curves import bezier_coefficients, polychain_coefficients
+from ..subspaces.plane import ORIGINS, Plane, grid_axes, grid_coordinates
+from ..utils import LowlossError, atomic_path, echo, progress, seed_everything
 
+RESUME_BY_DEFAULT = True  # re-running a plane continues from its saved chunks
+INPUTS = {"metavar": "RUN_A RUN_B RUN_C", "nargs": -1, "required": False}
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 PLANE_FILE = "plane.npz"
-PLANE_JSON = "plane.json"
 BASIS_FILE = "plane_basis.safetensors"
 CHUNK_DIR = "chunks"
 STATE_FILE = "state.json"
-CURVE_FILE = "curve.safetensors"
-SIMPLEX_FILE = "simplex.safetensors"
+
+
+def _face(value) -> tuple[int, ...] | None:
+    """``("0", "1", "2")`` -> ``(0, 1, 2)``; a one-line error for anything that is not an integer."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(i) for i in value)
+    except (TypeError, ValueError):
+        raise LowlossError(f"--face needs three integer vertex indices, got {value}") from None
 
 
 @dataclass
-class PlaneConfig:
-    grid: int = 21
-    margin: float = 0.2
-    min_aspect: float = 0.5  # the shorter grid side is at least this fraction of the longer one
-    metrics: tuple[str, ...] = METRICS
+class Config:
+    """One plane: where it lies, how finely it is sampled, what is measured."""
+
+    curve: str | None = option(None, "A curve run directory (curve.safetensors): the plane through its endpoints "
+                                     "and middle control point, with the curve projected on top.", metavar="DIR")
+    simplex: str | None = option(None, "A simplex run directory (simplex.safetensors): the plane through the "
+                                       "vertices of --face.", metavar="DIR")
+    face: tuple[int, int, int] | None = option(None, "Three vertex indices of the --simplex that span the plane.",
+                                               metavar="I J K", nargs=3, parse=_face)
+    grid: int = option(21, "Grid points per axis (G x G in all).")
+    margin: float = option(0.2, "Margin around the projected points' bounding box, as a fraction of its extent "
+                                "per side.")
+    min_aspect: float = option(0.5, "Widen the shorter side of the grid to at least this fraction of the longer "
+                                    "(0: the plain bounding box plus margins).")
+    metrics: tuple[str, ...] = option(METRICS, "Comma-separated subset of train_loss, train_error, test_loss, "
+                                               "test_error (only the splits needed are evaluated).", parse=split_list)
     bn_subset: int | None = None
-    origin: str = "a"
-    batch_size: int | None = None  # BN statistics batch (None: the whole training set when it fits; see evaluate_vectors)
-    memory_budget: int | None = None
-    chunk_points: int | None = None  # grid points per saved chunk; None: adapt to ~chunk_seconds
-    chunk_seconds: float = 20.0
-    curve_points: int = 61
+    origin: str = option("a", "Plane origin: the first point (Garipov et al.) or the centroid of the three "
+                              "(Benton et al.).", choices=ORIGINS)
+    curve_points: int = option(61, "Points of the projected curve (equally spaced in t).")
+    memory_budget: float | None = option(None, "MiB of activations the evaluation engine may hold at once "
+                                               "(default: 1024 on CPU, half the free GPU memory).")
+    chunk_points: int | None = option(None, "Grid points per saved chunk (default: adapted to about 20 s of "
+                                            "work per chunk).")
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int | None = option(None, "BN statistics batch (None: the whole training set when it fits; see "
+                                          "evaluate_vectors).", cli=False)
+    chunk_seconds: float = option(20.0, "Seconds of work per saved chunk when chunk_points is None.", cli=False)
+
+    def check(self) -> None:
+        self.metrics = split_list(self.metrics)
+        self.face = _face(self.face)
+        _splits_for(self.metrics)
+        require(self.grid >= 2, f"--grid {self.grid} is too small: at least 2 points per axis")
+        require(self.margin >= 0, f"--margin {self.margin} must be >= 0")
+        require(self.min_aspect >= 0, f"--min-aspect {self.min_aspect} must be >= 0")
+        require(self.origin in ORIGINS, f"--origin must be one of {', '.join(ORIGINS)} (got '{self.origin}')")
+        require(self.curve_points >= 2, f"--curve-points must be >= 2 (got {self.curve_points})")
+        require(self.memory_budget is None or self.memory_budget > 0,
+                f"--memory-budget must be positive MiB (got {self.memory_budget})")
+        require(self.chunk_points is None or self.chunk_points >= 1,
+                f"--chunk-points must be >= 1 (got {self.chunk_points})")
+        require(self.curve is None or self.simplex is None, "give either --curve DIR or --simplex DIR, not both")
+        require(self.simplex is None or self.face is not None, "--simplex needs --face I J K (three vertex indices)")
+        require(self.face is None or self.simplex is not None, "--face only applies with --simplex DIR")
+        require(self.face is None or (len(self.face) == 3 and len(set(self.face)) == 3 and min(self.face) >= 0),
+                f"--face needs three different vertex indices >= 0, got {self.face}")
+
+
+def check_inputs(config: Config, inputs) -> None:
+    """Exactly one of: three run directories, --curve DIR, --simplex DIR --face I J K."""
+    runs = list(inputs or ())
+    chosen = sum([bool(runs), config.curve is not None, config.simplex is not None])
+    require(chosen == 1, "give exactly one of: three run directories, --curve DIR, or --simplex DIR --face I J K")
+    require(not runs or len(runs) == 3,
+            f"a plane needs exactly three runs (got {len(runs)}); or use --curve / --simplex")
 
 
 @dataclass
@@ -65,68 +126,15 @@ class PlaneInputs:
     simplex: dict | None = None  # {"vertices": [V, P], "labels", "edges": [(i, j)], "simplexes"}
 
 
-# ---------------------------------------------------------------------------------------------- curves
+# ---------------------------------------------------------------------------------------------- inputs
 def curve_coefficients(kind: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    """[T] t -> [T, n] weights of the control points: Bezier (Bernstein) or polygonal chain (hat functions)."""
-    try:
-        from ..subspaces import curves as C
-
-        if kind == "bezier":
-            return C.bezier_coefficients(t, n)
-        if kind == "polychain":
-            return C.polychain_coefficients(t, n)
-    except ImportError:  # pragma: no cover - the curves module ships with lowloss; formulas kept for safety
-        pass
-    i = torch.arange(n, dtype=t.dtype)
-    if kind == "bezier":
-        binom = torch.tensor([math.comb(n - 1, k) for k in range(n)], dtype=t.dtype)
-        return binom * t[:, None].pow(i) * (1 - t[:, None]).pow(n - 1 - i)
+    """[T] t -> [T, n] weights of the control points: Bezier (Bernstein; a line is the 2-point Bezier) or
+    polygonal chain (hat functions)."""
+    if kind in ("bezier", "line"):
+        return bezier_coefficients(t, n)
     if kind == "polychain":
-        return (1 - (t[:, None] * (n - 1) - i).abs()).clamp_min(0)
-    if kind == "line" and n == 2:
-        return torch.stack([1 - t, t], 1)
+        return polychain_coefficients(t, n)
     raise LowlossError(f"unknown curve kind '{kind}' (bezier, polychain or line)")
-
-
-def _numbered_vectors(path: Path, prefix: str, minimum: int, what: str) -> tuple[torch.Tensor, dict]:
-    """<prefix>_0 .. <prefix>_{n-1} of a safetensors file stacked as flat vectors [n, P], and its metadata."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise LowlossError(f"{path.parent} holds no {path.name}: pass {what}")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        keys = set(fh.keys())
-        n = len([k for k in keys if k.startswith(f"{prefix}_")])
-        missing = [f"{prefix}_{i}" for i in range(n) if f"{prefix}_{i}" not in keys]
-        if n < minimum or missing:
-            raise LowlossError(f"{path} must hold {prefix}_0 .. {prefix}_{{n-1}} with n >= {minimum}; "
-                               f"missing {missing or 'all'}")
-        return torch.stack([fh.get_tensor(f"{prefix}_{i}").reshape(-1) for i in range(n)]), meta
-
-
-def load_curve(directory: str | Path) -> dict:
-    """DIR/curve.safetensors: control_0..control_{n-1} and metadata curve, num_bends, runs (JSON list)."""
-    path = Path(directory) / CURVE_FILE
-    controls, meta = _numbered_vectors(path, "control", 2, "a curve run directory (lowloss connect --out)")
-    n = len(controls)
-    kind = meta.get("curve", "bezier")
-    runs = json.loads(meta.get("runs", "[]"))
-    if not runs:
-        raise LowlossError(f"{path} names no runs in its metadata ('runs'): the model and data come from them")
-    return {"kind": kind, "controls": controls, "runs": runs, "num_bends": int(meta.get("num_bends", n - 2))}
-
-
-def load_simplex(directory: str | Path) -> dict:
-    """DIR/simplex.safetensors: vertex_0..vertex_k and metadata simplexes, base_runs (JSON)."""
-    path = Path(directory) / SIMPLEX_FILE
-    vertices, meta = _numbered_vectors(path, "vertex", 3, "a simplex run directory (lowloss simplex --out)")
-    n = len(vertices)
-    simplexes = json.loads(meta.get("simplexes", json.dumps([list(range(n))])))
-    base_runs = json.loads(meta.get("base_runs", "[]"))
-    if not base_runs:
-        raise LowlossError(f"{path} names no base_runs in its metadata: the model and data come from base_runs[0]")
-    return {"vertices": vertices, "simplexes": [list(map(int, s)) for s in simplexes], "base_runs": base_runs}
 
 
 def simplex_edges(simplexes) -> list[tuple[int, int]]:
@@ -139,10 +147,8 @@ def simplex_edges(simplexes) -> list[tuple[int, int]]:
     return sorted(edges)
 
 
-# ---------------------------------------------------------------------------------------------- inputs
 def inputs_from_runs(run_dirs, device=None) -> PlaneInputs:
-    from ..rundir import load_runs
-
+    """The plane through three finished runs of one architecture."""
     if len(run_dirs) != 3:
         raise LowlossError(f"a plane needs exactly three runs (got {len(run_dirs)}); or use --curve / --simplex")
     runs = load_runs(run_dirs, device=device)
@@ -151,43 +157,48 @@ def inputs_from_runs(run_dirs, device=None) -> PlaneInputs:
 
 
 def inputs_from_curve(curve_dir, device=None, num_points: int = 61) -> PlaneInputs:
-    from ..rundir import load_run
+    """The plane through a curve's endpoints and middle control point, the curve projected on it."""
+    from .connect import curve_runs, load_curve
 
-    c = load_curve(curve_dir)
-    run = load_run(c["runs"][0], device=device)
-    controls = c["controls"].to(run.vector)
-    if controls.shape[1] != run.vector.numel():
-        raise LowlossError(f"the curve in {curve_dir} has {controls.shape[1]} parameters but the model of "
-                           f"{c['runs'][0]} has {run.vector.numel()}: they do not belong together")
+    curve, run = load_curve(curve_dir, device=device)
+    runs = curve_runs(curve_dir)
+    controls = curve.controls().detach().to(run.vector)
     n = controls.shape[0]
     mid = n // 2
     t = torch.linspace(0, 1, num_points, dtype=torch.float64)
-    coeff = curve_coefficients(c["kind"], t, n).to(controls)
-    names = [Path(c["runs"][0]).name, Path(c["runs"][-1]).name] if len(c["runs"]) >= 2 else ["A", "B"]
+    coeff = curve_coefficients(curve.kind, t, n).to(controls)
+    names = [Path(runs[0]).name, Path(runs[-1]).name] if len(runs) >= 2 else ["A", "B"]
     labels = [names[0], names[1], "bend" if n == 3 else f"control {mid}"]
     return PlaneInputs(run.model, run.data, labels, [controls[0], controls[-1], controls[mid]],
-                       {"curve": str(curve_dir), "runs": c["runs"], "curve_kind": c["kind"], "num_controls": n},
-                       curve={"kind": c["kind"], "controls": controls, "t": t, "points": coeff @ controls})
+                       {"curve": str(curve_dir), "runs": runs, "curve_kind": curve.kind, "num_controls": n},
+                       curve={"kind": curve.kind, "controls": controls, "t": t, "points": coeff @ controls})
 
 
 def inputs_from_simplex(simplex_dir, face, device=None) -> PlaneInputs:
-    from ..rundir import load_run
+    """The plane through three vertices of a simplex or complex, its edges projected on it."""
+    from .spro import load_complex
 
-    s = load_simplex(simplex_dir)
-    verts = s["vertices"]
+    cplx, run = load_complex(simplex_dir, device=device)
+    verts = cplx.vertices().detach().to(run.vector)
     face = [int(i) for i in face]
     if len(face) != 3 or len(set(face)) != 3 or not all(0 <= i < len(verts) for i in face):
         raise LowlossError(f"--face needs three different vertex indices in 0..{len(verts) - 1}, got {face}")
-    run = load_run(s["base_runs"][0], device=device)
-    verts = verts.to(run.vector)
-    if verts.shape[1] != run.vector.numel():
-        raise LowlossError(f"the simplex in {simplex_dir} has {verts.shape[1]} parameters but the model of "
-                           f"{s['base_runs'][0]} has {run.vector.numel()}")
+    simplexes = [list(s) for s in cplx.simplexes]
     labels = [f"v{i}" for i in face]
     return PlaneInputs(run.model, run.data, labels, [verts[i] for i in face],
-                       {"simplex": str(simplex_dir), "face": face, "base_runs": s["base_runs"]},
+                       {"simplex": str(simplex_dir), "face": face, "base_run": str(run.path)},
                        simplex={"vertices": verts, "labels": [f"v{i}" for i in range(len(verts))],
-                                "edges": simplex_edges(s["simplexes"]), "simplexes": s["simplexes"]})
+                                "edges": simplex_edges(simplexes), "simplexes": simplexes})
+
+
+def plane_inputs(config: Config, inputs) -> PlaneInputs:
+    """The anchors the config and the input runs name (three runs, --curve or --simplex/--face)."""
+    check_inputs(config, inputs)
+    if inputs:
+        return inputs_from_runs(list(inputs), device=config.device)
+    if config.curve is not None:
+        return inputs_from_curve(config.curve, device=config.device, num_points=config.curve_points)
+    return inputs_from_simplex(config.simplex, config.face, device=config.device)
 
 
 # ---------------------------------------------------------------------------------------------- compute
@@ -198,11 +209,12 @@ def _splits_for(metrics) -> tuple[str, ...]:
     return tuple(s for s in ("train", "test") if any(m.startswith(s + "_") for m in metrics))
 
 
-def _fingerprint(plane: Plane, xs, ys, cfg: PlaneConfig, sources: dict) -> dict:
+def _fingerprint(plane: Plane, xs, ys, cfg: Config, sources: dict) -> dict:
+    """What the saved chunks belong to: the grid and the plane itself (checksums of origin, u, v)."""
     o, u, v = (t.double() for t in (plane.origin, plane.u, plane.v))
     w = torch.linspace(-1, 1, o.numel(), dtype=torch.float64, device=o.device)
-    return {"grid": cfg.grid, "margin": cfg.margin, "min_aspect": cfg.min_aspect, "metrics": list(cfg.metrics), "bn_subset": cfg.bn_subset,
-            "origin": cfg.origin, "batch_size": cfg.batch_size, "sources": sources,
+    return {"grid": cfg.grid, "margin": cfg.margin, "min_aspect": cfg.min_aspect, "metrics": list(cfg.metrics),
+            "bn_subset": cfg.bn_subset, "origin": cfg.origin, "batch_size": cfg.batch_size, "sources": sources,
             "x": [float(xs[0]), float(xs[-1])], "y": [float(ys[0]), float(ys[-1])],
             "checksums": [round(float(t @ w), 6) for t in (o, u, v)]}
 
@@ -235,52 +247,53 @@ def _missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def compute_plane(inputs: PlaneInputs, cfg: PlaneConfig, out: str | Path, *, quiet: bool = False,
-                  fresh: bool = False, stop_after_chunks: int | None = None) -> dict:
-    """Evaluate the grid (resuming from saved chunks) and write plane.npz / plane.json. Returns a summary
-    (with ``"finished": False`` when stopped early on purpose by `stop_after_chunks`)."""
-    from ..rundir import save_tensors as save_state
+def _save_npz(path: Path, arrays: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
-    out = Path(out)
+
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors: PlaneInputs | None = None,
+        stop_after_chunks: int | None = None) -> dict:
+    """Evaluate the grid (continuing from saved chunks when resuming) and write the run directory. Returns
+    run.json's contents, or ``{"finished": False, "computed", "total"}`` when stopped early on purpose by
+    `stop_after_chunks`. `anchors` (Python) gives the plane's points directly instead of `inputs`."""
+    config.check()
+    seed_everything(config.seed)
+    if anchors is None:
+        anchors = plane_inputs(config, inputs)
+    cfg = config
+    memory_budget = int(cfg.memory_budget * 2**20) if cfg.memory_budget else None
     splits = _splits_for(cfg.metrics)
-    model, data = inputs.model, inputs.data
-    a, b, c = inputs.anchors
+    model, data = anchors.model, anchors.data
+    a, b, c = anchors.anchors
     plane = Plane.through(a, b, c, origin=cfg.origin)
-    anchors = torch.stack([a, b, c])
-    anchor_xy = plane.project(anchors).cpu().numpy()
+    points = torch.stack([a, b, c])
+    anchor_xy = plane.project(points).cpu().numpy()
     overlay = [anchor_xy]
     curve_xy = simplex_xy = None
-    if inputs.curve is not None:
-        curve_xy = plane.project(inputs.curve["points"]).cpu().numpy()
+    if anchors.curve is not None:
+        curve_xy = plane.project(anchors.curve["points"]).cpu().numpy()
         overlay.append(curve_xy)
-    if inputs.simplex is not None:
-        simplex_xy = plane.project(inputs.simplex["vertices"]).cpu().numpy()
+    if anchors.simplex is not None:
+        simplex_xy = plane.project(anchors.simplex["vertices"]).cpu().numpy()
         overlay.append(simplex_xy)
     xs, ys = grid_axes(np.concatenate(overlay), cfg.grid, cfg.margin, cfg.min_aspect)
     total = cfg.grid * cfg.grid
-    fp = _fingerprint(plane, xs, ys, cfg, inputs.sources)
+    fp = _fingerprint(plane, xs, ys, cfg, anchors.sources)
 
-    chunk_dir = out / CHUNK_DIR
-    if fresh and chunk_dir.exists():
-        for f in chunk_dir.glob("*"):
-            f.unlink()
-    if (out / PLANE_JSON).exists() and (out / PLANE_FILE).exists() and not fresh:
-        info = read_json(out / PLANE_JSON)
-        if info.get("fingerprint") == fp:
-            echo(f"{out} already holds this plane; nothing to compute", quiet)
-            return info
-        raise LowlossError(f"{out} already holds a different plane; choose a new --out (or --fresh to replace it)")
+    chunk_dir = run_dir.file(CHUNK_DIR)
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    state = chunk_dir / STATE_FILE
-    if state.exists() and read_json(state) != fp:
-        raise LowlossError(f"{out} holds an interrupted plane with other settings (grid, margin, metrics, points "
-                           "or bn-subset differ): rerun with the original settings, or pass --fresh to restart")
-    write_json(state, fp)
+    state = f"{CHUNK_DIR}/{STATE_FILE}"
+    if run_dir.file(state).exists() and run_dir.read_json(state) != fp:
+        raise LowlossError(f"{run_dir.path} holds an interrupted plane through other points or with other "
+                           "settings: rerun with the original inputs, or pass --fresh to restart")
+    run_dir.write_json(state, fp)
 
     values, done, seconds_before = _read_chunks(chunk_dir, total, cfg.metrics)
     resumed = int(done.sum())
     if resumed:
-        echo(f"resuming {out}: {resumed}/{total} grid points already computed", quiet)
+        echo(f"resuming {run_dir.path}: {resumed}/{total} grid points already computed", quiet)
     chunk = cfg.chunk_points or 64
     chunks_run = 0
     engine: dict = {}
@@ -295,13 +308,11 @@ def compute_plane(inputs: PlaneInputs, cfg: PlaneConfig, out: str | Path, *, qui
             coords = torch.from_numpy(grid_coordinates(xs, ys, start, stop))
             vectors = plane.points(coords)
             res = evaluate_vectors(model, vectors, data, splits=splits, bn_subset=cfg.bn_subset,
-                                   batch_size=cfg.batch_size, memory_budget=cfg.memory_budget)
+                                   batch_size=cfg.batch_size, memory_budget=memory_budget)
             dt = time.perf_counter() - t0
             engine = res["engine"]
             arrays = {m: res[m].numpy() for m in cfg.metrics}
-            with atomic_path(chunk_dir / f"c_{start:09d}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, start=start, stop=stop, seconds=dt, **arrays)
+            _save_npz(chunk_dir / f"c_{start:09d}.npz", {"start": start, "stop": stop, "seconds": dt, **arrays})
             for m in cfg.metrics:
                 values[m][start:stop] = arrays[m]
             done[start:stop] = True
@@ -319,49 +330,96 @@ def compute_plane(inputs: PlaneInputs, cfg: PlaneConfig, out: str | Path, *, qui
     bar.close()
     elapsed = time.perf_counter() - t_start
     if stopped and not done.all():
+        run_dir.release()
         return {"finished": False, "computed": int(done.sum()), "total": total}
 
     computed_now = total - resumed
-    anchor_metrics = evaluate_vectors(model, anchors, data, splits=splits, bn_subset=cfg.bn_subset,
-                                      batch_size=cfg.batch_size, memory_budget=cfg.memory_budget)
+    anchor_metrics = evaluate_vectors(model, points, data, splits=splits, bn_subset=cfg.bn_subset,
+                                      batch_size=cfg.batch_size, memory_budget=memory_budget)
     g = cfg.grid
     arrays = {m: values[m].reshape(g, g) for m in cfg.metrics}
     basis_norms = np.array([float((b - a).double().norm()),
                             float(((c - a).double() - ((c - a).double() @ plane.u.double()) * plane.u.double()).norm())])
-    npz = {"x": xs, "y": ys, **arrays, "point_coords": anchor_xy, "point_labels": np.array(inputs.labels),
-           "point_distance": plane.distance(anchors).cpu().numpy(),
+    npz = {"x": xs, "y": ys, **arrays, "point_coords": anchor_xy, "point_labels": np.array(anchors.labels),
+           "point_distance": plane.distance(points).cpu().numpy(),
            "origin_norm": np.array(float(plane.origin.double().norm())), "basis_norms": basis_norms}
     if curve_xy is not None:
-        npz.update({"curve_coords": curve_xy, "curve_t": inputs.curve["t"].numpy(),
-                    "curve_distance": plane.distance(inputs.curve["points"]).cpu().numpy(),
-                    "curve_control_coords": plane.project(inputs.curve["controls"]).cpu().numpy()})
+        npz.update({"curve_coords": curve_xy, "curve_t": anchors.curve["t"].numpy(),
+                    "curve_distance": plane.distance(anchors.curve["points"]).cpu().numpy(),
+                    "curve_control_coords": plane.project(anchors.curve["controls"]).cpu().numpy()})
     if simplex_xy is not None:
-        npz.update({"simplex_coords": simplex_xy, "simplex_edges": np.array(inputs.simplex["edges"], dtype=np.int64),
-                    "simplex_labels": np.array(inputs.simplex["labels"]),
-                    "simplex_distance": plane.distance(inputs.simplex["vertices"]).cpu().numpy()})
-    with atomic_path(out / PLANE_FILE) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **npz)
-    save_state(out / BASIS_FILE, {"origin": plane.origin, "u": plane.u, "v": plane.v},
-               {"origin": cfg.origin, "labels": json.dumps(inputs.labels)})
+        npz.update({"simplex_coords": simplex_xy, "simplex_edges": np.array(anchors.simplex["edges"], dtype=np.int64),
+                    "simplex_labels": np.array(anchors.simplex["labels"]),
+                    "simplex_distance": plane.distance(anchors.simplex["vertices"]).cpu().numpy()})
+    _save_npz(run_dir.file(PLANE_FILE), npz)
+    run_dir.save_tensors(BASIS_FILE, {"origin": plane.origin, "u": plane.u, "v": plane.v},
+                         {"origin": cfg.origin, "labels": json.dumps(anchors.labels)})
     total_seconds = seconds_before + elapsed
     info = {
-        "config": asdict(cfg), "sources": inputs.sources, "labels": inputs.labels, "fingerprint": fp,
+        "sources": anchors.sources, "labels": anchors.labels, "fingerprint": fp,
         "points": {lab: {"coords": anchor_xy[i].tolist(),
-                         **{m: float(anchor_metrics[m][i]) for m in cfg.metrics}} for i, lab in enumerate(inputs.labels)},
+                         **{m: float(anchor_metrics[m][i]) for m in cfg.metrics}}
+                   for i, lab in enumerate(anchors.labels)},
         "basis_norms": basis_norms.tolist(), "origin_norm": float(npz["origin_norm"]),
         "range": {m: [float(np.nanmin(v)), float(np.nanmax(v))] for m, v in arrays.items()},
         "timing": {"seconds": total_seconds, "seconds_this_session": elapsed, "points": total,
                    "points_this_session": computed_now, "resumed_points": resumed,
                    "points_per_second": computed_now / elapsed if elapsed > 0 and computed_now else None},
         "engine": engine, "bn_subset": cfg.bn_subset, "data": data.describe() if hasattr(data, "describe") else None,
-        "num_params": int(a.numel()), "versions": versions(), "finished": True,
+        "num_params": int(a.numel()), "finished": True,
     }
     if curve_xy is not None:
-        info["curve"] = {"kind": inputs.curve["kind"], "points": len(curve_xy),
+        info["curve"] = {"kind": anchors.curve["kind"], "points": len(curve_xy),
                          "max_distance_from_plane": float(npz["curve_distance"].max())}
-    write_json(out / PLANE_JSON, info)
-    for f in chunk_dir.glob("*"):
-        f.unlink()
-    chunk_dir.rmdir()
-    return info
+    return run_dir.finish(info, remove=(CHUNK_DIR,))
+
+
+def summary(info: dict) -> str:
+    if not info.get("finished"):
+        return f"stopped after {info.get('computed')}/{info.get('total')} grid points"
+    t = info["timing"]
+    pps = t.get("points_per_second")
+    g = (info.get("config") or {}).get("grid") or int(round(t["points"] ** 0.5))
+    metrics = (info.get("config") or {}).get("metrics") or METRICS
+    lines = [f"{g}x{g} plane in {t['seconds']:.1f}s" + (f" ({pps:.1f} points/s)" if pps else "")]
+    for lab, p in info["points"].items():
+        vals = " ".join(f"{m} {p[m]:.4f}" for m in metrics if m in p)
+        lines.append(f"  {lab} at ({p['coords'][0]:.3f}, {p['coords'][1]:.3f}): {vals}")
+    return "\n".join(lines)
+
+
+def load(path, device=None) -> dict:
+    """A finished plane: plane.npz's arrays (x, y, one [G, G] array per metric, projected points, curve and
+    simplex) and ``basis``: the tensors origin, u, v (w(x, y) = origin + x u + y v)."""
+    path = Path(path)
+    read_result(path, "plane", needs=(PLANE_FILE, BASIS_FILE))
+    with np.load(path / PLANE_FILE) as z:
+        arrays = {k: z[k] for k in z.files}
+    basis, _ = load_tensors(path / BASIS_FILE, device)
+    return {**arrays, "basis": basis}
+
+
+# ---------------------------------------------------------------------------------------------- Python API
+def plane(runs=None, config: Config | None = None, out: str | Path = "runs/plane", *, resume: bool = True,
+          fresh: bool = False, quiet: bool = False, stop_after_chunks: int | None = None, **overrides) -> dict:
+    """Python API: ``plane(["runs/m0", "runs/m1", "runs/m2"], grid=51)`` or ``plane(curve="runs/curve")``.
+
+    An interrupted plane in `out` with the same settings continues (`resume`, on by default). Returns
+    run.json's contents."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), list(runs or ()), out,
+                      resume=resume, fresh=fresh, quiet=quiet, stop_after_chunks=stop_after_chunks)
+
+
+def compute_plane(anchors: PlaneInputs, config: Config | None = None, out: str | Path = "runs/plane", *,
+                  resume: bool = True, fresh: bool = False, quiet: bool = False,
+                  stop_after_chunks: int | None = None, **overrides) -> dict:
+    """The plane through points of your own: `anchors` holds any module, its data, three flat parameter
+    vectors with labels, and optionally a curve or simplex to project. Same run directory as :func:`plane`."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), None, out, resume=resume,
+                      fresh=fresh, quiet=quiet, check_inputs=False, anchors=anchors,
+                      stop_after_chunks=stop_after_chunks)
+
+
+__all__ = ["Config", "METRICS", "PlaneInputs", "check_inputs", "compute_plane", "curve_coefficients", "fit",
+           "inputs_from_curve", "inputs_from_runs", "inputs_from_simplex", "load", "plane", "plane_inputs",
+           "simplex_edges", "summary"]

@@ -1,4 +1,5 @@
-"""Figures of a `lowloss connect` run: metrics along the curve vs the line, and endpoint ensembles."""
+"""Figures of a `lowloss connect` run (from its run.json): metrics along the curve vs the line, and endpoint
+ensembles."""
 
 from __future__ import annotations
 
@@ -94,4 +95,10 @@ def plot_ensemble(evaluation: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-__all__ = ["plot_curve", "plot_ensemble"]
+def draw_connect(result: dict, out: str | Path) -> list[Path]:
+    """curve.png and ensemble.png of a finished `lowloss connect` run (run.json's contents in `result`)."""
+    out = Path(out)
+    return [plot_curve(result, out / "curve.png"), plot_ensemble(result, out / "ensemble.png")]
+
+
+__all__ = ["draw_connect", "plot_curve", "plot_ensemble"]

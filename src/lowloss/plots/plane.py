@@ -84,3 +84,14 @@ def plot_planes(directory: str | Path, metrics=None) -> list[Path]:
         npz = {k: z[k] for k in z.files}
     metrics = metrics or [m for m in TITLES if m in npz]
     return [plot_plane(npz, m, directory / f"plane_{m}.png") for m in metrics]
+
+
+def draw_plane(result: dict, out: str | Path) -> list[Path]:
+    """plane_<metric>.png for each metric of a finished `lowloss plane` run (run.json's contents in `result`,
+    the arrays in OUT/plane.npz); nothing for a plane stopped before its grid was complete."""
+    if not result.get("finished"):
+        return []
+    return plot_planes(out, list((result.get("config") or {}).get("metrics") or []) or None)
+
+
+__all__ = ["draw_plane", "log_levels", "plot_plane", "plot_planes"]
