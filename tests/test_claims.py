@@ -3,7 +3,6 @@
 import json
 
 from lowloss.claims import CLAIMS, claim, claim_curves, collect_claims
-from lowloss.study import Settings
 
 
 def test_held_is_the_test_over_measured_and_threshold():
@@ -15,7 +14,7 @@ def test_held_is_the_test_over_measured_and_threshold():
 
 
 def test_unrun_study_reports_every_claim_as_not_measured(tmp_path):
-    claims = collect_claims(tmp_path, Settings(size="tiny"))
+    claims = collect_claims(tmp_path, [tmp_path / "modes" / f"seed{k}" for k in range(3)])
     assert len(claims) == 21 and all(c["held"] is None for c in claims)
     assert [i for fn in CLAIMS for i, _ in fn.claims] == [c["id"] for c in claims]
 
@@ -30,7 +29,7 @@ def test_curve_claims_from_a_run_json(tmp_path):
         "endpoint_ensemble": {"test_error": 0.05},
         "summary": {"line": {"barrier": 2.0, "max_train_loss": 2.1, "max_test_error": 0.9},
                     "curve": {"barrier": 0.1, "max_train_loss": 0.2, "max_test_error": 0.12}}}))
-    by_id = {c.id: c for c in claim_curves(tmp_path, Settings())}
+    by_id = {c.id: c for c in claim_curves(tmp_path, [])}
     assert by_id["line_barrier"].held is True
     assert by_id["curve_bezier"].held is True  # 0.1 <= 0.1 * 2.0
     assert by_id["curve_ensemble"].measured["t_half_gain"] == 0.5 and by_id["curve_ensemble"].held is True

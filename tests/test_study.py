@@ -4,7 +4,7 @@ import json
 import re
 
 from lowloss.claims import collect_claims
-from lowloss.study import STAGE_FILE, STAGES, Settings, run_study
+from lowloss.study import STAGE_FILE, STAGES, Settings, mode_dirs, run_study
 
 CLAIM_IDS = {
     "modes", "line_barrier", "curve_bezier", "curve_ensemble", "curve_polychain", "plane_modes", "plane_curve",
@@ -34,7 +34,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
 
     # the report embeds every figure the claims point to, and nothing is fetched from the network
     html = (out / "report.html").read_text()
-    claims = collect_claims(out, s)
+    claims = collect_claims(out, mode_dirs(out, s))
     figures = [f for c in claims for f in c["figures"]]
     assert len(figures) >= 15
     for f in figures:

@@ -4,7 +4,8 @@ Each claim is a record: ``id``, ``statement``, ``measured`` (the numbers read fr
 files), ``threshold`` (the constants of the test), ``test`` (a Python expression over the names in
 ``measured`` and ``threshold``), ``held`` (the test's value; None when the stage did not run), figures
 and a note. ``held`` is computed from the record's own data only, so a reader of summary.json can redo
-every comparison. :data:`CLAIMS` is the table: one measuring function per stage, each returning records.
+every comparison. :data:`CLAIMS` is the table: one measuring function per stage, each returning records;
+a function takes the study directory and the directories of its independent modes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 
-from .study import Settings, mode_dirs
 
 RESULT = "run.json"
 _SAFE = {"all": all, "any": any, "min": min, "max": max, "abs": abs, "len": len, "sum": sum,
@@ -61,11 +61,11 @@ def load_result(d: Path) -> dict | None:
 def _safe(*ids_and_statements: tuple[str, str]):
     """A claim whose data is malformed is reported as not measured (with the error) rather than crashing."""
 
-    def deco(fn: Callable[[Path, Settings], list[Claim]]):
+    def deco(fn: Callable[[Path, list[Path]], list[Claim]]):
         @functools.wraps(fn)
-        def wrapped(study, s):
+        def wrapped(study, modes):
             try:
-                return fn(study, s)
+                return fn(study, modes)
             except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, OSError) as e:
                 return [Claim(i, st, {"error": f"{type(e).__name__}: {e}"}) for i, st in ids_and_statements]
 
@@ -106,8 +106,8 @@ S_SPIRALS = ("Models sampled from one simplex all fit the two-spirals training d
 
 
 @_safe(("modes", S_MODES))
-def claim_modes(study: Path, s: Settings):
-    runs = [load_result(d) for d in mode_dirs(study, s)]
+def claim_modes(study: Path, modes: list[Path]):
+    runs = [load_result(d) for d in modes]
     if not all(runs):
         return [claim("modes", S_MODES)]
     acc = [r["final"]["test"]["accuracy"] for r in runs]
@@ -117,7 +117,7 @@ def claim_modes(study: Path, s: Settings):
 
 @_safe(("line_barrier", S_LINE), ("curve_bezier", S_CURVE.format(name="Bezier curve")),
        ("curve_ensemble", S_CURVE_ENS), ("curve_polychain", S_CURVE.format(name="polygonal chain")))
-def claim_curves(study: Path, s: Settings):
+def claim_curves(study: Path, modes: list[Path]):
     out = []
     for kind, name in (("bezier", "Bezier curve"), ("polychain", "polygonal chain")):
         d = study / f"connect_{kind}"
@@ -178,7 +178,7 @@ _PLANE_TEST = "max_train_loss > ratio * max(min_train_loss, floor)"
 
 
 @_safe(("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE))
-def claim_planes(study: Path, s: Settings):
+def claim_planes(study: Path, modes: list[Path]):
     out = []
     for name, stmt in (("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE)):
         d = study / name
@@ -189,7 +189,7 @@ def claim_planes(study: Path, s: Settings):
 
 
 @_safe(("fge_nll", S_FGE), ("ensembles_nll", S_ENS), ("swa_accuracy", S_SWA))
-def claim_budget(study: Path, s: Settings):
+def claim_budget(study: Path, modes: list[Path]):
     d = study / "budget"
     j = load_result(d)
     figs = [d / "budget.png"]
@@ -214,7 +214,7 @@ def claim_budget(study: Path, s: Settings):
 
 
 @_safe(("curve_swag", S_CSWAG))
-def claim_curve_swag(study: Path, s: Settings):
+def claim_curve_swag(study: Path, modes: list[Path]):
     d = study / "curve_swag"
     j, c = load_result(d), load_result(study / "connect_bezier")
     if j is None or c is None:
@@ -229,7 +229,7 @@ def claim_curve_swag(study: Path, s: Settings):
 
 
 @_safe(("espro_simplex", S_ESPRO), ("espro_vs_deep", S_ESPRO_DEEP))
-def claim_espro(study: Path, s: Settings):
+def claim_espro(study: Path, modes: list[Path]):
     d = study / "espro"
     j = load_result(d)
     if j is None:
@@ -255,7 +255,7 @@ def claim_espro(study: Path, s: Settings):
 
 
 @_safe(("complex", S_COMPLEX))
-def claim_complex(study: Path, s: Settings):
+def claim_complex(study: Path, modes: list[Path]):
     d = study / "complex"
     j = load_result(d)
     if j is None:
@@ -268,7 +268,7 @@ def claim_complex(study: Path, s: Settings):
 
 
 @_safe(("dimension", S_DIM))
-def claim_dimension(study: Path, s: Settings):
+def claim_dimension(study: Path, modes: list[Path]):
     d = study / "dimension"
     j = load_result(d)
     if j is None:
@@ -284,7 +284,7 @@ def claim_dimension(study: Path, s: Settings):
 
 
 @_safe(("calibration", S_CAL))
-def claim_calibration(study: Path, s: Settings):
+def claim_calibration(study: Path, modes: list[Path]):
     d = study / "calibration"
     j = load_result(d)
     if j is None:
@@ -302,7 +302,7 @@ def claim_calibration(study: Path, s: Settings):
 
 
 @_safe(("shift", S_SHIFT))
-def claim_shift(study: Path, s: Settings):
+def claim_shift(study: Path, modes: list[Path]):
     d = study / "shift"
     j = load_result(d)
     if j is None:
@@ -317,7 +317,7 @@ def claim_shift(study: Path, s: Settings):
 
 
 @_safe(("variance_deterministic", S_VAR_DET), ("variance_ensemble", S_VAR_ENS))
-def claim_vardrop(study: Path, s: Settings):
+def claim_vardrop(study: Path, modes: list[Path]):
     d = study / "vardrop"
     j = load_result(d)
     j = j.get("schemes") if j else None
@@ -338,7 +338,7 @@ def claim_vardrop(study: Path, s: Settings):
 
 
 @_safe(("regression", S_REG))
-def claim_regression(study: Path, s: Settings):
+def claim_regression(study: Path, modes: list[Path]):
     d = study / "regression"
     j = load_result(d)
     if j is None:
@@ -352,7 +352,7 @@ def claim_regression(study: Path, s: Settings):
 
 
 @_safe(("spirals", S_SPIRALS))
-def claim_spirals(study: Path, s: Settings):
+def claim_spirals(study: Path, modes: list[Path]):
     d = study / "spirals"
     j = load_result(d)
     if j is None:
@@ -369,6 +369,7 @@ CLAIMS = [claim_modes, claim_curves, claim_planes, claim_budget, claim_curve_swa
           claim_dimension, claim_calibration, claim_shift, claim_vardrop, claim_regression, claim_spirals]
 
 
-def collect_claims(study: Path, s: Settings) -> list[dict]:
-    """Every claim of :data:`CLAIMS` as a dict (see :class:`Claim`)."""
-    return [c.as_dict() for fn in CLAIMS for c in fn(study, s)]
+def collect_claims(study: Path, modes: list[Path]) -> list[dict]:
+    """Every claim of :data:`CLAIMS` for the study in `study` whose independent modes are the runs `modes`,
+    as dicts (see :class:`Claim`)."""
+    return [c.as_dict() for fn in CLAIMS for c in fn(Path(study), [Path(m) for m in modes])]

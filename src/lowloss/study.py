@@ -245,7 +245,7 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
         echo(f"{head} done in {secs:.1f}s", settings.quiet)
     from .claims import collect_claims
 
-    claims = collect_claims(study, settings)
+    claims = collect_claims(study, mode_dirs(study, settings))
     summary = {"claims": [{k: c[k] for k in ("id", "statement", "measured", "threshold", "test", "held")}
                           for c in claims],
                "config": cfg, "versions": versions(), "seeds": settings.seeds,
