@@ -1,4 +1,4 @@
-"""Subspaces of parameter space: coordinates -> full parameter vectors (see DESIGN.md).
+"""Subspaces of parameter space: coordinates -> full parameter vectors.
 
 Each subspace is a small class: lines, Bezier curves and polygonal chains (t in [0,1]), simplexes and
 simplicial complexes (barycentric coordinates), planes (x, y), SWAG Gaussians (z ~ N(0, I)).
