@@ -1,4 +1,5 @@
-"""SWAG: moments against brute force, sampling against the stored moments, predictor, MultiSWAG, resume."""
+"""SWAG: moments against brute force, sampling against the stored moments, predictor, MultiSWAG, curve SWAG,
+resume."""
 
 import math
 
@@ -6,15 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowloss.methods.swag import (
-    SWAGConfig,
-    SwagMoments,
-    load_swag,
-    multiswag_predictor,
-    run_multiswag,
-    run_swag,
-    swag_predictor,
-)
+from lowloss.methods import swag
+from lowloss.methods.swag import SwagMoments, load_swag, swag_predictor
 from lowloss.methods.train import Config as TrainConfig
 from lowloss.methods.train import train as train_mode
 from lowloss.subspaces.gaussian import SwagGaussian
@@ -108,69 +102,99 @@ def runs(tmp_path_factory, digits):
 
 
 def test_swag_run_format_predictor_and_resume(runs, digits, tmp_path):
-    cfg = SWAGConfig(epochs=2, lr=0.02, every_epochs=0.5, rank=3, scale=0.5, device="cpu")
-    info = run_swag(runs[0], cfg, tmp_path / "a", quiet=True, data=digits, samples=3)
+    cfg = swag.Config(epochs=2, lr=0.02, every_epochs=0.5, rank=3, scale=0.5, samples=3, device="cpu")
+    info = swag.swag(runs[0], cfg, tmp_path / "a", quiet=True, data=digits)
+    assert info["method"] == "swag" and info["kind"] == "swag" and info["model"]["model"] == "mlp"
     assert info["n_models"] == 4 and info["collected_deviations"] == 3
     tensors, meta = load_swag(tmp_path / "a")
     p = tensors["mean"].numel()
     assert tensors["deviations"].shape == (3, p) and tensors["sq_mean"].shape == (p,)
     assert meta["n_models"] == "4" and meta["rank"] == "3" and meta["scale"] == "0.5" and meta["base_run"]
     assert info["metrics"]["swag"]["bma"]["members"] == 3
+    assert "iterates, K=3" in swag.summary(info)
+    # the SWA mean is the first moment: the same average SWA computes (float64 here, float32 there)
+    from lowloss.methods import swa
+
+    s = swa.swa(runs[0], out=tmp_path / "swa", quiet=True, data=digits, epochs=2, lr=0.02, every_epochs=0.5,
+                device="cpu")
+    assert info["metrics"]["swa"] == pytest.approx(s["final"]["test"], abs=1e-6)
     # predictor: `samples` members, BN left to be recomputed per sample, reproducible per generator
-    pred = swag_predictor(tmp_path / "a", samples=4)
+    pred = swag.load(tmp_path / "a", samples=4)
     m1 = list(pred.members(torch.Generator().manual_seed(5)))
-    m2 = list(pred.members(torch.Generator().manual_seed(5)))
+    m2 = list(swag_predictor(tmp_path / "a", samples=4).members(torch.Generator().manual_seed(5)))
     assert len(m1) == 4 and all(b is None for _, b in m1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(m1, m2))
     assert not torch.equal(m1[0][0], m1[1][0])
+    assert len(pred.info["means"]) == 1 and torch.equal(pred.info["means"][0], tensors["mean"])
     # interrupted + resumed == uninterrupted
-    assert run_swag(runs[0], cfg, tmp_path / "b", quiet=True, data=digits, evaluate=False,
-                    stop_after_epochs=1) == {"stopped_after_epoch": 1}
-    run_swag(runs[0], cfg, tmp_path / "b", quiet=True, data=digits, evaluate=False, resume=True)
+    cfg.evaluate = False
+    assert swag.swag(runs[0], cfg, tmp_path / "b", quiet=True, data=digits, stop_after_epochs=1) == \
+        {"stopped_after_epoch": 1}
+    swag.swag(runs[0], cfg, tmp_path / "b", quiet=True, data=digits, resume=True)
     a, b = load_file(str(tmp_path / "a/swag.safetensors")), load_file(str(tmp_path / "b/swag.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_swag_scale_zero_is_the_swa_mean(runs, digits, tmp_path):
-    cfg = SWAGConfig(epochs=1, lr=0.02, every_epochs=0.5, rank=2, device="cpu")
-    run_swag(runs[0], cfg, tmp_path / "s", quiet=True, data=digits, evaluate=False)
+    swag.swag(runs[0], out=tmp_path / "s", quiet=True, data=digits, epochs=1, lr=0.02, every_epochs=0.5, rank=2,
+              device="cpu", evaluate=False)
     tensors, _ = load_swag(tmp_path / "s")
-    v, _ = next(swag_predictor(tmp_path / "s", samples=1, scale=0.0).members())
+    v, _ = next(swag.load(tmp_path / "s", samples=1, scale=0.0).members())
     torch.testing.assert_close(v.double(), tensors["mean"], rtol=0, atol=1e-7)
 
 
-def test_multiswag_is_a_stratified_mixture(runs, digits, tmp_path):
-    cfg = SWAGConfig(epochs=1, lr=0.02, every_epochs=0.5, rank=2, device="cpu")
-    info = run_multiswag(runs, cfg, tmp_path / "ms", quiet=True, samples=4)
+def test_multiswag_is_a_stratified_mixture_of_sub_runs(runs, digits, tmp_path):
+    from lowloss.methods.predictor import load_predictor
+    from lowloss.rundir import read_result
+
+    cfg = swag.Config(epochs=1, lr=0.02, every_epochs=0.5, rank=2, samples=4, seed=3, device="cpu")
+    info = swag.swag(runs, cfg, tmp_path / "ms", quiet=True)
+    assert info["method"] == "swag" and info["kind"] == "multiswag"
     assert info["members"] == ["swag_000", "swag_001"]
-    pred = multiswag_predictor(tmp_path / "ms", samples=4)
+    assert info["metrics"]["multiswag"]["bma"]["members"] == 4 and "MultiSWAG of 2 runs" in swag.summary(info)
+    for i, m in enumerate(info["members"]):  # each member is an ordinary SWAG run with its own seed
+        sub = read_result(tmp_path / "ms" / m, "swag")
+        assert sub["kind"] == "swag" and sub["config"]["seed"] == 3 + i and "metrics" not in sub
+    pred = load_predictor(tmp_path / "ms", samples=4)
     vs = [v for v, _ in pred.members(torch.Generator().manual_seed(3))]
     assert len(vs) == 4
     means = [load_swag(tmp_path / "ms" / m)[0]["mean"] for m in info["members"]]
+    assert all(torch.equal(a, b) for a, b in zip(pred.info["means"], means))
     # samples alternate between the members: each is nearer its own member's mean
     for i, v in enumerate(vs):
         d = [(v.double() - mu).norm() for mu in means]
         assert d[i % 2] < d[1 - i % 2]
 
 
+def test_swag_inputs_are_checked(runs, tmp_path):
+    from lowloss.utils import LowlossError
+
+    with pytest.raises(LowlossError, match="--schedule constant"):
+        swag.swag(curve=str(tmp_path), out=tmp_path / "c", schedule="cyclic")
+    with pytest.raises(LowlossError, match="RUNS or --curve"):
+        swag.swag(runs[0], out=tmp_path / "d", curve=str(tmp_path))
+
+
 def test_curve_swag_samples_new_curves_between_the_same_endpoints(runs, digits, tmp_path):
     from lowloss.methods.connect import save_curve
-    from lowloss.methods.swag import run_curve_swag
-    from lowloss.rundir import load_runs
+    from lowloss.rundir import RunDir, load_runs
     from lowloss.subspaces.curves import make_curve
 
     ra, rb = load_runs(runs, device="cpu")
-    curve_dir = tmp_path / "curve"
-    curve_dir.mkdir()
+    curve_dir = tmp_path / "curve"  # a connect run directory holding an untrained Bezier curve
+    rd = RunDir.open(curve_dir, "connect", {"inputs": [str(r.resolve()) for r in runs]}, quiet=True)
     save_curve(curve_dir / "curve.safetensors", make_curve("bezier", ra.vector, rb.vector, 1), [str(r) for r in runs])
-    cfg = SWAGConfig(epochs=1, lr=0.02, every_epochs=0.5, rank=2, device="cpu")
-    info = run_curve_swag(curve_dir, cfg, tmp_path / "cs", samples=2, points=3, quiet=True)
-    assert info["n_models"] == 2 and info["bends"] == [1]
+    rd.finish({})
+    info = swag.swag(curve=str(curve_dir), out=tmp_path / "cs", quiet=True, samples=2, points=3, epochs=1, lr=0.02,
+                     every_epochs=0.5, rank=2, device="cpu")
+    assert info["kind"] == "curve_swag" and info["n_models"] == 2 and info["bends"] == [1]
+    assert info["collect_every_steps"] == 3  # the batch size is the base run's (256: 6 steps per epoch)
     tensors, meta = load_swag(tmp_path / "cs")
     assert meta["kind"] == "curve" and tensors["mean"].numel() == ra.vector.numel()
     loss = info["metrics"]["train_loss"]
     for s in loss["sampled"]:  # only the bend moves: the endpoints (t = 0, 1) are the same networks
         assert s[0] == loss["trained"][0] and s[-1] == loss["trained"][-1]
     assert info["metrics"]["sampled_max_train_loss_max"] == max(max(s) for s in loss["sampled"])
-    pred = swag_predictor(tmp_path / "cs", samples=2)  # curve SWAG as a predictor: theta ~ SWAG, t ~ U(0,1)
+    assert "bend iterates" in swag.summary(info)
+    pred = swag.load(tmp_path / "cs", samples=2)  # curve SWAG as a predictor: theta ~ SWAG, t ~ U(0,1)
     assert len(list(pred.members(torch.Generator().manual_seed(0)))) == 2

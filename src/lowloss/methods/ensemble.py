@@ -1,35 +1,67 @@
-"""Snapshot sets (FGE, SSE, deep ensembles) and their predictive average.
+"""Mean-of-softmax ensemble of DIRS: each a run, an FGE / SSE snapshot folder, a SWAG or MultiSWAG directory.
 
-A snapshot folder holds ``members.safetensors``: one flat parameter vector per member (``member_000``,
-``member_001``, ...) plus, for models with BatchNorm, the member's running statistics as they were at the
-moment the snapshot was taken (``member_000/<buffer name>``). Snapshots are SGD iterates, i.e. networks
-"trained as such", so like an ordinary run they keep the statistics their own training produced
-(free, and what FGE/SSE do); ``snapshot_predictor(..., recompute_bn=True)`` recomputes them instead.
-Metadata: ``method``, ``base_run`` (the run the snapshots started from, giving model and data) or
-``config`` (a TrainConfig as JSON, for snapshot runs from scratch such as SSE), ``count``.
+Every directory counts as one member with equal weight (a snapshot folder or SWAG directory contributes
+its own average: all its snapshots, or --samples draws at --scale with BN statistics recomputed per
+draw); run directories together form a deep ensemble. Writes OUT/run.json (accuracy, NLL, ECE, Brier of
+each input, of the ensemble, and of the ensemble by size) and OUT/probs.safetensors (the ensemble's
+predictive distribution on --split, every input's own, and the labels).
 
-The predictive distribution of every ensemble in lowloss is the mean of the members' softmax outputs,
-never of their logits.
+Snapshot folders (``members.safetensors``, written by fge and sse) hold one flat parameter vector per member
+(``member_000``, ...) plus, for models with BatchNorm, the member's running statistics as they were when
+the snapshot was taken (``member_000/<buffer name>``): snapshots are SGD iterates, networks "trained as
+such", so they keep the statistics their own training produced; --recompute-bn recomputes them instead.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from .. import metrics as M
+from ..config import option, replace, require
 from ..engine.train import Stateful
-from ..utils import LowlossError
-from .predictor import Predictor
+from ..rundir import (
+    RunDir,
+    build_from_config,
+    find_run,
+    load_run,
+    load_tensors,
+    read_result,
+    run_method,
+    save_tensors,
+)
+from ..utils import LowlossError, progress
+from .predictor import Predictor, load_predictor
 
+INPUTS = {"metavar": "DIRS", "nargs": -1}
 MEMBERS_FILE = "members.safetensors"
+PROBS_FILE = "probs.safetensors"
 
 
+@dataclass
+class Config:
+    """The ensemble of finished run directories."""
+
+    samples: int = option(30, "Samples drawn from each SWAG / MultiSWAG directory (its Bayesian model average).")
+    scale: float | None = option(None, "SWAG sampling scale [default: the one stored with each SWAG directory].")
+    split: str = option("test", "The split to evaluate on.", choices=("test", "train"))
+    recompute_bn: bool = option(False, "Recompute BN statistics for snapshot members too (SWAG samples always "
+                                       "are).")
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        require(self.samples >= 1, f"--samples must be at least 1 (got {self.samples})")
+        require(self.scale is None or self.scale >= 0, f"--scale must be >= 0 (got {self.scale})")
+        require(self.split in ("test", "train"), "--split must be test or train")
+
+
+# ---------------------------------------------------------------------------------------------------- snapshots
 def member_key(i: int) -> str:
     return f"member_{i:03d}"
 
@@ -99,49 +131,45 @@ def tensors_to_members(tensors: Mapping[str, torch.Tensor]) -> list[tuple[torch.
     return out
 
 
-def save_members(directory: str | Path, members: Sequence[tuple[torch.Tensor, Mapping | None]], *, method: str,
+def members_file(members: Sequence[tuple[torch.Tensor, Mapping | None]], *, method: str,
                  base_run: str | Path | None = None, config: dict | None = None, extra_meta: dict | None = None,
-                 ) -> Path:
-    """Write DIR/members.safetensors (atomically). Either `base_run` or `config` names model and data."""
-    from ..rundir import save_tensors as save_state
-
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of members.safetensors. Either `base_run` or `config` (an architecture record:
+    model, model_options, data, data_seed, data_dir) names model and data."""
     if not members:
-        raise LowlossError(f"no snapshots to save in {directory}: the schedule collected none "
-                           "(train for at least one full cycle)")
+        raise LowlossError("no snapshots to save: the schedule collected none (train for at least one full cycle)")
     if base_run is None and config is None:
-        raise ValueError("save_members needs base_run or config")
+        raise ValueError("a snapshot file needs base_run or config")
     meta = {"method": method, "count": len(members), "base_run": str(Path(base_run).resolve()) if base_run else ""}
     if config is not None:
         meta["config"] = json.dumps(config, sort_keys=True)
     meta.update(extra_meta or {})
+    return members_to_tensors(members), meta
+
+
+def save_members(directory: str | Path, members: Sequence[tuple[torch.Tensor, Mapping | None]], *, method: str,
+                 base_run: str | Path | None = None, config: dict | None = None, extra_meta: dict | None = None,
+                 ) -> Path:
+    """Write DIR/members.safetensors (atomically); see :func:`members_file`."""
     path = Path(directory) / MEMBERS_FILE
-    save_state(path, members_to_tensors(members), meta)
+    save_tensors(path, *members_file(members, method=method, base_run=base_run, config=config,
+                                     extra_meta=extra_meta))
     return path
 
 
 def read_members(directory: str | Path, device=None) -> tuple[list[tuple[torch.Tensor, dict | None]], dict]:
-    path = Path(directory) / MEMBERS_FILE
-    if not path.exists():
-        raise LowlossError(f"{directory} has no {MEMBERS_FILE}: it is not a snapshot folder (fge, sse)")
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata() or {})
-    tensors = load_file(str(path), device=str(device) if device is not None else "cpu")
+    """The members and metadata of DIR/members.safetensors."""
+    tensors, meta = load_tensors(Path(directory) / MEMBERS_FILE, device=device)
     return tensors_to_members(tensors), meta
 
 
 def model_and_data(meta: dict, directory: Path, device=None):
-    """(model, data) for a snapshot folder or SWAG directory, from its base run or its stored config."""
-    from ..rundir import build_from_config, load_run
-
+    """(model, data) for a snapshot folder or SWAG directory, from the base run or the architecture its
+    file's metadata names."""
     base = meta.get("base_run") or ""
     if base:
-        cand = [Path(base), directory / base, directory.parent / Path(base).name]
-        for c in cand:
-            if (c / "run.json").exists():
-                run = load_run(c, device=device)
-                return run.model, run.data
-        raise LowlossError(f"{directory} was made from the run {base}, which no longer exists; "
-                           "move it back or keep the run next to its snapshots")
+        run = load_run(find_run(base, Path(directory)), device=device)
+        return run.model, run.data
     if meta.get("config"):
         return build_from_config(json.loads(meta["config"]), device=device)
     raise LowlossError(f"{directory}: metadata names neither a base run nor a config")
@@ -151,28 +179,20 @@ def snapshot_predictor(path, device=None, samples: int | None = None, recompute_
     """A snapshot folder (members.safetensors) as a Predictor. `samples` is ignored (the members are fixed);
     `recompute_bn` drops the stored BN statistics so they are recomputed per member on the training data."""
     path = Path(path)
-    model, data = model_and_data(_peek_meta(path / MEMBERS_FILE), path, device)
+    members, meta = read_members(path)
+    model, data = model_and_data(meta, path, device)
     dev = next(iter(model.parameters())).device
-    members, meta = read_members(path, device=dev)
-    if recompute_bn:
-        members = [(v, None) for v, _ in members]
+    members = [(v.to(dev), None if recompute_bn or b is None else {k: t.to(dev) for k, t in b.items()})
+               for v, b in members]
     return Predictor(model, data, fixed=members, name=f"{meta.get('method', 'snapshots')} {path}",
                      info={"method": meta.get("method"), "count": len(members)})
-
-
-def _peek_meta(path: Path) -> dict:
-    if not path.exists():
-        raise LowlossError(f"{path} does not exist")
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def member_probs(predictor: Predictor, split: str = "test", generator: torch.Generator | None = None,
                  bn_subset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax outputs of every member, [M, N, C] (float64), and the labels [N]."""
-    logits, y = predictor.member_logits(getattr(predictor.data, split), generator, bn_subset=bn_subset)
-    return torch.softmax(logits.double(), -1), y
+    return predictor.member_probs(getattr(predictor.data, split), generator, bn_subset=bn_subset)
 
 
 def ensemble_curve(probs: torch.Tensor, labels: torch.Tensor) -> list[dict]:
@@ -186,46 +206,64 @@ def ensemble_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     return M.classification_metrics(M.ensemble_probs(probs.double()), labels)
 
 
-def open_directory(path, device=None, samples: int = 30, scale: float | None = None,
-                   recompute_bn: bool = False) -> Predictor:
-    """Any lowloss output directory as a Predictor, passing each kind only the options that apply to it."""
-    from .predictor import load_predictor
-
-    path = Path(path)
-    if (path / "swag.safetensors").exists() or (path / "multiswag.json").exists():
-        return load_predictor(path, device=device, samples=samples, scale=scale)
-    if (path / MEMBERS_FILE).exists():
-        return load_predictor(path, device=device, recompute_bn=recompute_bn)
-    return load_predictor(path, device=device)
+def snapshot_metrics(predictor: Predictor) -> dict:
+    """Test metrics of every member and of the ensemble by size (what fge and sse report)."""
+    probs, y = member_probs(predictor, "test")
+    curve = ensemble_curve(probs, y)
+    return {"members": [M.classification_metrics(p, y) for p in probs], "ensemble": curve[-1],
+            "ensemble_by_size": curve}
 
 
-def evaluate_directories(dirs, *, out: Path | None = None, samples: int = 30, scale: float | None = None,
-                         split: str = "test", recompute_bn: bool = False, seed: int = 0, device=None,
-                         quiet: bool = True) -> dict:
-    """Metrics of each directory's predictive distribution and of their equal-weight average."""
-    from ..rundir import save_tensors as save_state
-    from ..utils import progress, versions, write_json
-
-    inputs, per_dir, labels = [], [], None
-    for i, d in enumerate(progress(list(dirs), desc="ensemble", quiet=quiet, unit="dir")):
-        pred = open_directory(d, device=device, samples=samples, scale=scale, recompute_bn=recompute_bn)
-        probs, y = member_probs(pred, split, torch.Generator().manual_seed(seed + i))
+# ---------------------------------------------------------------------------------------------------- method
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
+    """Evaluate each input directory's predictive distribution and their equal-weight average."""
+    require(bool(inputs), "give at least one run, snapshot or SWAG directory")
+    dirs = [str(d) for d in inputs]
+    split = config.split
+    results, per_dir, labels = [], [], None
+    for i, d in enumerate(progress(dirs, desc="ensemble", quiet=quiet, unit="dir")):
+        pred = load_predictor(d, device=config.device, samples=config.samples, scale=config.scale,
+                              recompute_bn=config.recompute_bn)
+        probs, y = member_probs(pred, split, torch.Generator().manual_seed(config.seed + i))
         if labels is not None and (len(y) != len(labels) or not torch.equal(y, labels)):
             raise LowlossError(f"{d} was evaluated on different {split} data than {dirs[0]}: ensembles need "
                                "the same dataset and --data-seed")
         labels = y
         mean = probs.mean(0)
         per_dir.append(mean)
-        inputs.append({"name": str(d), "members": len(probs), "metrics": M.classification_metrics(mean, y),
-                       "member_mean_nll": float(sum(M.nll(p, y) for p in probs) / len(probs))})
+        results.append({"name": d, "members": len(probs), "metrics": M.classification_metrics(mean, y),
+                        "member_mean_nll": float(sum(M.nll(p, y) for p in probs) / len(probs))})
     stacked = torch.stack(per_dir)
-    res = {"split": split, "inputs": inputs, "ensemble": ensemble_metrics(stacked, labels),
-           "ensemble_by_size": ensemble_curve(stacked, labels), "samples": samples, "scale": scale,
-           "seed": seed, "ece_bins": M.ECE_BINS, "recompute_bn": recompute_bn, "versions": versions()}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "ensemble.json", res)
-        t = {"ensemble": stacked.mean(0).float(), "labels": labels, **{f"input_{i:03d}": p.float()
-                                                                        for i, p in enumerate(per_dir)}}
-        save_state(out / "probs.safetensors", t, {"split": split, "inputs": [str(d) for d in dirs]})
-    return res
+    run_dir.save_tensors(PROBS_FILE, {"ensemble": stacked.mean(0).float(), "labels": labels,
+                                      **{f"input_{i:03d}": p.float() for i, p in enumerate(per_dir)}},
+                         {"split": split, "inputs": dirs})
+    return run_dir.finish({"split": split, "inputs": results, "ensemble": ensemble_metrics(stacked, labels),
+                           "ensemble_by_size": ensemble_curve(stacked, labels), "samples": config.samples,
+                           "scale": config.scale, "seed": config.seed, "ece_bins": M.ECE_BINS,
+                           "recompute_bn": config.recompute_bn})
+
+
+def summary(info: dict) -> str:
+    from .eval import format_table
+
+    rows = {r["name"]: r["metrics"] for r in info["inputs"]}
+    rows[f"ensemble ({len(info['inputs'])})"] = info["ensemble"]
+    return "\n" + format_table(rows)
+
+
+def load(path: str | Path, device=None) -> dict[str, torch.Tensor]:
+    """probs.safetensors: ``ensemble`` ([N, C]), ``input_000``, ... (each input's own) and ``labels``."""
+    read_result(path, "ensemble", needs=(PROBS_FILE,))
+    return load_tensors(Path(path) / PROBS_FILE, device=device)[0]
+
+
+def ensemble(dirs, config: Config | None = None, out: str | Path = "runs/ensemble", *, quiet: bool = False,
+             fresh: bool = False, **overrides) -> dict:
+    """Python API: ``ensemble(["runs/m0", "runs/fge"], out="runs/ens", samples=10)``. Returns run.json."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), [str(d) for d in dirs], out,
+                      quiet=quiet, fresh=fresh)
+
+
+__all__ = ["Config", "MEMBERS_FILE", "SnapshotCollector", "ensemble", "ensemble_curve", "ensemble_metrics", "fit",
+           "load", "member_probs", "members_file", "model_and_data", "read_members", "save_members",
+           "snapshot_metrics", "snapshot_predictor", "summary"]

@@ -3,27 +3,32 @@
 A single run, a deep ensemble, FGE/SSE snapshots, SWAG / MultiSWAG samples and ESPRO simplex samples are
 all a :class:`Predictor`: a module plus a sequence of members, each a parameter vector with BN buffers
 (or ``None``: recompute BN statistics for that member on the training data). :func:`load_predictor` opens
-any lowloss run directory as a Predictor, so downstream tools (ensemble evaluation, calibration, dataset
-shift, the study) treat every method alike.
+any finished lowloss run directory as a Predictor, so downstream tools (ensemble evaluation, calibration,
+dataset shift, the study) treat every method alike.
 
-Method directories register a loader by marker file in :data:`LOADERS`.
+:data:`LOADERS` names the loader of each method (the ``method`` of a run's run.json).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from ..engine.evaluate import bn_buffers_for, predict_logits
+from ..engine.evaluate import EVAL_BATCH, plan_evaluation, run_plan
 from ..params import has_batchnorm
+from ..rundir import MODEL_FILE, load_run, load_runs, read_result
 from ..utils import LowlossError
 
 Member = tuple[torch.Tensor, "Mapping[str, torch.Tensor] | None"]
+GROUP = 64  # members evaluated in one call of the evaluation engine (at most; bounded by VECTOR_BYTES too)
+VECTOR_BYTES = 1 << 28  # stacked member vectors held at once
 
 
 @dataclass
@@ -51,24 +56,61 @@ class Predictor:
         return len(self.fixed) + (self.num_samples if self.sampler is not None else 0)
 
     @torch.no_grad()
+    def member_probs(self, split, generator: torch.Generator | None = None, bn_subset: int | None = None,
+                     transform: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax outputs of every member on `split`, [M, N, C] (float64), and the labels [N].
+
+        Computed by the evaluation engine (:func:`lowloss.engine.evaluate.plan_evaluation` with
+        ``scores="probs"``: each member's float32 logits, split in prediction batches, softmax in float64):
+        members without buffers in groups, with BN statistics recomputed on the training data (or `bn_subset`
+        examples of it) when the module has BatchNorm; members with buffers one by one, with their own.
+        `transform(x)` alters the inputs batch by batch (corruptions)."""
+        if getattr(self.data, "task", "classification") != "classification":
+            raise LowlossError(f"{self.name} predicts regression targets: member probabilities need a classifier")
+        split = _Transformed(split, transform) if transform is not None else split
+        data = SimpleNamespace(train=self.data.train, test=split, task="classification")
+        recompute = has_batchnorm(self.model)
+        probs: list[torch.Tensor] = []
+        labels = [None]
+        group: list[torch.Tensor] = []
+
+        def run(vectors: list[torch.Tensor], recompute_bn: bool, bufs=None) -> None:
+            v = torch.stack(vectors)
+            plan = plan_evaluation(self.model, v, data, splits=("test",), recompute=recompute_bn,
+                                   bn_subset=bn_subset, eval_batch=EVAL_BATCH, method="loop", channels_last=False,
+                                   fuse_bn=False, one_pass=False, scores="probs", return_probs=("test",))
+            res = run_plan(plan, self.model, v, data, bufs=bufs)
+            probs.append(res["probs"]["test"])
+            labels[0] = res["labels"]["test"]
+
+        for vector, bufs in self.members(generator):
+            if bufs:
+                if group:
+                    run(group, recompute)
+                    group = []
+                run([vector], False, bufs)
+                continue
+            group.append(vector)
+            if len(group) >= max(1, min(GROUP, VECTOR_BYTES // max(vector.numel() * vector.element_size(), 1))):
+                run(group, recompute)
+                group = []
+        if group:
+            run(group, recompute)
+        if not probs:
+            raise LowlossError(f"{self.name} has no members to predict with")
+        return torch.cat(probs).double(), labels[0]
+
     def member_logits(self, split, generator: torch.Generator | None = None, bn_subset: int | None = None,
                       transform: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of every member, [M, N, C], and labels [N]. `transform(x)` alters inputs (corruptions)."""
-        outs, y = [], None
-        split = _Transformed(split, transform) if transform is not None else split
-        for vector, bufs in self.members(generator):
-            if bufs is None and has_batchnorm(self.model):
-                bufs = bn_buffers_for(self.model, vector, self.data.train, bn_subset=bn_subset)
-            logits, y = predict_logits(self.model, vector, split, bufs=bufs)
-            outs.append(logits.float().cpu())
-        if not outs:
-            raise LowlossError(f"{self.name} has no members to predict with")
-        return torch.stack(outs), y.cpu()
+        """Log-probabilities of every member, [M, N, C] (float64; the logits up to a per-example constant,
+        which no softmax, temperature or ensemble average sees), and labels [N]."""
+        probs, y = self.member_probs(split, generator, bn_subset=bn_subset, transform=transform)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), y
 
     def predict_probs(self, split, generator: torch.Generator | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
         """Bayesian-model-average / ensemble predictive distribution: mean of the members' softmax."""
-        logits, y = self.member_logits(split, generator, **kw)
-        return torch.softmax(logits.double(), -1).mean(0), y
+        probs, y = self.member_probs(split, generator, **kw)
+        return probs.mean(0), y
 
 
 class _Transformed:
@@ -85,42 +127,57 @@ class _Transformed:
             yield self.transform(x), y
 
 
-# marker file inside a run directory -> "module:function(path, device) -> Predictor"
-# (the loader's module may not be installed in a trimmed build: such markers are skipped)
+# run.json "method" -> "module:function(path, device=None, **options) -> Predictor"
+# (the loader's module may not be installed in a trimmed build: load_predictor then says so)
 LOADERS: dict[str, str] = {
-    "members.safetensors": "lowloss.methods.ensemble:snapshot_predictor",   # FGE / SSE snapshot folders
-    "swag.safetensors": "lowloss.methods.swag:swag_predictor",              # SWAG (and curve SWAG)
-    "multiswag.json": "lowloss.methods.swag:multiswag_predictor",           # MultiSWAG mixtures
-    "simplex.safetensors": "lowloss.methods.spro:simplex_predictor",        # one ESPRO simplex
-    "espro.json": "lowloss.methods.spro:espro_predictor",                   # ESPRO ensemble of simplexes
-    "vardrop.json": "lowloss.methods.vardrop:vardrop_predictor",            # a variational network
-    "run.json": "lowloss.methods.predictor:run_predictor",                  # one trained network
+    "train": "lowloss.methods.predictor:run_predictor",        # one trained network
+    "swa": "lowloss.methods.predictor:run_predictor",          # an averaged network
+    "fge": "lowloss.methods.ensemble:snapshot_predictor",      # FGE snapshots
+    "sse": "lowloss.methods.ensemble:snapshot_predictor",      # SSE snapshots
+    "swag": "lowloss.methods.swag:load",                       # SWAG, MultiSWAG, curve SWAG
+    "simplex": "lowloss.methods.simplex:load",                 # one simplex (SPRO)
+    "complex": "lowloss.methods.simplex:load",                 # a simplicial complex
+    "dimension": "lowloss.methods.simplex:load",               # the valley's last complex
+    "espro": "lowloss.methods.espro:load",                     # ESPRO ensemble of simplexes
+    "vardrop": "lowloss.methods.vardrop:vardrop_predictor",    # a variational network
 }
 
 
 def run_predictor(path, device=None) -> Predictor:
-    from ..rundir import load_run
-
     run = load_run(path, device=device)
     return Predictor(run.model, run.data, fixed=[(run.vector, run.buffers)], name=str(path))
 
 
 def ensemble_predictor(paths, device=None) -> Predictor:
     """A deep ensemble of finished run directories (same architecture and data)."""
-    from ..rundir import load_runs
-
     runs = load_runs(paths, device=device)
     members = [(r.vector, r.buffers) for r in runs]
     return Predictor(runs[0].model, runs[0].data, fixed=members, name=f"ensemble of {len(runs)}")
 
 
-def load_predictor(path, device=None, **kw) -> Predictor:
-    """Open any lowloss output directory as a Predictor (dispatching on its marker file)."""
+def load_predictor(path, device=None, **options) -> Predictor:
+    """Open any finished lowloss run directory as a Predictor (by the method its run.json names).
+
+    `options` go to the method's loader where it takes them (``samples``, ``scale`` for SWAG; ``recompute_bn``
+    for snapshots; ``members`` for simplexes) and are ignored where they do not apply."""
     path = Path(path)
-    # method-specific markers first: a method directory may also contain a run.json of its base run
-    for marker in LOADERS:  # ordered: method markers before run.json
-        if (path / marker).exists():
-            mod, _, fn = LOADERS[marker].partition(":")
-            return getattr(importlib.import_module(mod), fn)(path, device=device, **kw)
-    raise LowlossError(f"{path} is not a lowloss run, snapshot, SWAG or simplex directory "
-                       f"(none of {', '.join(sorted(LOADERS))} found)")
+    info = read_result(path)
+    method = info.get("method", "")
+    target = LOADERS.get(method)
+    if target is None:
+        if isinstance(info.get("model"), dict) and (path / MODEL_FILE).exists():
+            target = LOADERS["train"]
+        else:
+            raise LowlossError(f"{path} holds a `{method}` run, which is not a predictor (predictors: "
+                               f"{', '.join(sorted(LOADERS))}, or any run that holds a network)")
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise LowlossError(f"{path}: the `{method}` loader {target} is not available ({e})") from None
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return fn(path, device=device, **{k: v for k, v in options.items() if takes_any or k in params})
+
+
+__all__ = ["LOADERS", "Member", "Predictor", "ensemble_predictor", "load_predictor", "run_predictor"]

@@ -1,33 +1,108 @@
-"""Stochastic Weight Averaging (Izmailov et al. 2018) and the SGD trajectory that SWA and SWAG share.
+"""Stochastic Weight Averaging (Izmailov et al. 2018): continue SGD from RUN and average the iterates.
 
-From a trained run, SGD continues with a constant learning rate (or a cyclic one: within each cycle of c
-steps the rate falls linearly from a1 to a2, Izmailov et al.'s sawtooth) and the iterates are averaged
-every c steps (once per epoch by default): w_swa <- w_swa + (w - w_swa) / (n + 1). The running average is
-torch's own (``torch.optim.swa_utils.get_swa_avg_fn``, the function ``AveragedModel`` applies), kept on a
-flat vector in a checkpointed :class:`RunningAverage`, so an interrupted run resumes exactly. BatchNorm
-statistics of the average are recomputed with one pass over the training data
-(:func:`lowloss.params.recompute_bn`): the running statistics of the iterates do not describe w_swa.
+SGD runs from RUN's weights at a constant learning rate (--schedule constant) or Izmailov et al.'s
+sawtooth (--schedule cyclic: within each cycle of --cycle-epochs the rate falls linearly from --lr-high
+to --lr). From epoch --start on, an iterate is averaged every --every epochs (cyclic: at the end of
+every cycle): w_swa <- w_swa + (w - w_swa) / (n + 1), torch's own average (the one AveragedModel
+applies). BatchNorm statistics of the average are recomputed with one pass over the training data: the
+running statistics of the iterates do not describe w_swa. --momentum, --wd and --batch-size default to
+the base run's.
 
-The SWA output directory is an ordinary run directory (``model.safetensors`` + ``run.json`` with the base
-run's model config and an extra ``swa`` section), so every command that takes a run takes an SWA model.
+OUT is an ordinary run directory, usable wherever a run is: model.safetensors (the average, with its
+recomputed BN statistics) and run.json (the base run's architecture under "model", final train/test
+metrics, and a "swa" section: iterates averaged, collection steps, the last SGD iterate's metrics).
+An interrupted run continues exactly with --resume.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import get_swa_avg_fn
 
 from .. import params as P
-from ..engine.train import Stateful, TensorState, Trainer, supervised_loss
-from ..utils import LowlossError, read_json, resolve_device, seed_everything, versions, write_json
-from .fge import StepSchedule
+from ..config import option, replace, require
+from ..data import Dataset
+from ..engine.evaluate import bn_buffers_for, evaluate_vector
+from ..engine.schedules import StepSchedule, swa_cyclic_lr
+from ..engine.train import Collect, Stateful, TensorState, Trainer, supervised_loss
+from ..rundir import MODEL_FILE, RunDir, find_run, load_run, read_result, run_method
+from ..utils import LowlossError, seed_everything
+
+INPUTS = {"metavar": "RUN", "nargs": 1}
+SWA_SCHEDULES = ("constant", "cyclic")
+INHERITED = ("momentum", "wd", "batch_size")
 
 _swa_update = get_swa_avg_fn()
+
+
+@dataclass
+class Config:
+    """SGD from a trained run with iterate averaging."""
+
+    epochs: int = option(10, "Epochs of SGD from RUN.")
+    lr: float = option(0.01, "The constant (SWA) learning rate; cyclic: the rate at each cycle's end.")
+    start: float = option(0.0, "Epoch (of this run) at which collecting starts.")
+    every_epochs: float = option(1.0, "constant: collect an iterate every this many epochs (0.25 = four times "
+                                      "per epoch).", flag="--every")
+    schedule: str = option("constant", "constant lr, or Izmailov et al.'s sawtooth from --lr-high to --lr.",
+                           choices=SWA_SCHEDULES)
+    lr_high: float | None = option(None, "cyclic: learning rate at each cycle's start [default: 5 x --lr].")
+    cycle_epochs: float = option(1.0, "cyclic: cycle length in epochs; an iterate is collected at the end of "
+                                      "each cycle.")
+    momentum: float | None = None
+    wd: float | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        require(self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})")
+        require(self.lr > 0, f"--lr must be positive (got {self.lr})")
+        require(self.schedule in SWA_SCHEDULES, f"--schedule must be one of {', '.join(SWA_SCHEDULES)}")
+        require(0 <= self.start < self.epochs, f"--start {self.start} must lie in [0, --epochs={self.epochs})")
+        require(self.every_epochs > 0, f"--every must be positive (got {self.every_epochs})")
+        require(self.cycle_epochs > 0, f"--cycle-epochs must be positive (got {self.cycle_epochs})")
+        require(self.schedule != "cyclic" or self.lr_high is None or self.lr_high >= self.lr,
+                f"--lr-high ({self.lr_high}) must be at least --lr ({self.lr})")
+        check_inherited(self)
+
+
+def check_inherited(config) -> None:
+    """Checks of the hyperparameters that default to the base run's (only those given)."""
+    require(config.momentum is None or 0 <= config.momentum < 1,
+            f"--momentum must be in [0, 1) (got {config.momentum})")
+    require(config.wd is None or config.wd >= 0, f"--wd must be >= 0 (got {config.wd})")
+    require(config.batch_size is None or config.batch_size >= 1,
+            f"--batch-size must be >= 1 (got {config.batch_size})")
+
+
+# ---------------------------------------------------------------------------------------------------- library
+def base_values(config, source: str | Path, names: tuple[str, ...] = INHERITED) -> dict:
+    """``{name: value}`` for the fields `names` of `config`, where None means "the value the run `source`
+    trained with": the value its run.json records, or, where that is None too, the value of the run it
+    started from (its first input), and so on."""
+    values = {n: getattr(config, n) for n in names}
+    path = Path(source)
+    while any(v is None for v in values.values()):
+        recorded = read_result(path).get("config") or {}
+        for n in names:
+            if values[n] is None:
+                values[n] = recorded.get(n)
+        inputs = recorded.get("inputs") or []
+        if not inputs:
+            break
+        path = find_run(inputs[0], near=path)
+    missing = [n for n, v in values.items() if v is None]
+    if missing:
+        raise LowlossError(f"{source} records no {', '.join(missing)}: give "
+                           f"{', '.join('--' + n.replace('_', '-') for n in missing)}")
+    return values
 
 
 class RunningAverage(Stateful):
@@ -56,149 +131,114 @@ class RunningAverage(Stateful):
         self.mean = tensors["mean"].clone() if "mean" in tensors else None
 
 
-def swa_cyclic_lr(t: int, cycle: int, lr_high: float, lr_low: float) -> float:
-    """Izmailov et al.'s cyclic rate for step t (0-based): linear from a1 to a2 within each cycle of c steps,
-    alpha = (1 - u) a1 + u a2 with u = (t mod c + 1) / c, so the cycle's last step (the averaged one) is at a2."""
-    u = ((t % cycle) + 1) / cycle
-    return (1 - u) * lr_high + u * lr_low
-
-
-def train_and_collect(model: torch.nn.Module, data, *, epochs: int, lr_at_step: Callable[[int], float],
-                      collect_every: int, start_step: int, collectors: dict[str, Stateful], momentum: float,
-                      wd: float, batch_size: int, generator: torch.Generator, device, run_dir: Path | None,
-                      resume: bool, quiet: bool, desc: str, on_collect: Callable | None = None,
-                      stop_after_epochs: int | None = None) -> list[dict]:
-    """SGD on `model` (a module lowloss owns); after step t (0-based) with (t + 1) >= start_step + every and
-    (t + 1 - start_step) % every == 0, every collector's ``update(vector)`` is called (SWA average, SWAG
-    moments). Collectors are checkpointed with the run; `stop_after_epochs` stops early (resumably)."""
+def train_trajectory(model: torch.nn.Module, data: Dataset, lr_at_step: Callable[[int], float], collect: Collect,
+                     collectors: Mapping[str, Stateful], *, epochs: int, momentum: float, wd: float,
+                     batch_size: int, generator: torch.Generator, device, run_dir: Path | None, resume: bool,
+                     quiet: bool, desc: str, after_epoch: Callable[[int], dict] | None = None,
+                     stop_after_epochs: int | None = None) -> Trainer:
+    """SGD on `model` (a module lowloss owns, e.g. loaded from a run) for `epochs` epochs with the per-step
+    learning rate ``lr_at_step(t)`` (t = 0, 1, ...: the optimiser step), the trajectory of FGE, SSE, SWA and
+    SWAG. `collect` (a :class:`Collect`) takes snapshots or updates averages after its steps; `collectors`
+    hold what it keeps and are checkpointed with the run (BN buffers too), so an interrupted run resumes
+    exactly. Returns the Trainer after :meth:`Trainer.run` (`stop_after_epochs` stops early, resumably)."""
     n_batches = data.train.num_batches(batch_size)
-    classification = data.num_classes > 0
     model.train()
-
-    loss_fn = supervised_loss(model, classification)
-
-    def after_step(step, epoch_float):
-        done = step - start_step  # steps taken since averaging started
-        if done >= collect_every and done % collect_every == 0:
-            v = P.flatten(model)
-            for c in collectors.values():
-                c.update(v)
-            if on_collect is not None:
-                on_collect(step)
-
-    def after_epoch(epoch):
-        first = next(iter(collectors.values()))
-        return {"collected": getattr(first, "n", 0)}
-
-    trainer = Trainer({n: p for n, p in model.named_parameters() if p.requires_grad}, loss_fn, data.train,
-                      epochs=epochs, batch_size=batch_size, lr=StepSchedule(lr_at_step, n_batches),
-                      momentum=momentum, weight_decay=wd, generator=generator, device=device, run_dir=run_dir,
-                      quiet=quiet, desc=desc, after_step=after_step, after_epoch=after_epoch,
+    trainer = Trainer({n: p for n, p in model.named_parameters() if p.requires_grad},
+                      supervised_loss(model, data.num_classes > 0), data.train, epochs=epochs,
+                      batch_size=batch_size, lr=StepSchedule(lr_at_step, n_batches), momentum=momentum,
+                      weight_decay=wd, generator=generator, device=device, run_dir=run_dir, quiet=quiet, desc=desc,
+                      after_step=collect, after_epoch=after_epoch,
                       extra={"buffers": TensorState(dict(model.named_buffers())), **collectors})
-    return trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
+    trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
+    return trainer
 
 
-@dataclass
-class SWAConfig:
-    """SGD from a trained run with averaging. None = the base run's value (momentum, wd, batch size).
+def trajectory_plan(config, n_batches: int) -> tuple[Callable[[int], float], int, int]:
+    """(lr_at_step, collect every this many steps, start step) of an SWA-like config (SWA and SWAG share it).
 
-    schedule "constant": lr throughout; "cyclic": sawtooth from lr_high to lr over `cycle_epochs`. Averages
-    are taken every `every_epochs` epochs (cyclic: at the end of every cycle), from epoch `start` on.
-    """
-
-    epochs: int = 10
-    lr: float = 0.01
-    start: float = 0.0
-    every_epochs: float = 1.0
-    schedule: str = "constant"
-    lr_high: float | None = None
-    cycle_epochs: float = 1.0
-    momentum: float | None = None
-    wd: float | None = None
-    batch_size: int | None = None
-    seed: int = 0
-    device: str = "auto"
-
-
-def trajectory_plan(cfg, n_batches: int) -> tuple[Callable[[int], float], int, int]:
-    """(lr_at_step, collect_every steps, start step) for an SWAConfig-like config (SWA and SWAG share it)."""
-    if cfg.epochs < 1:
-        raise LowlossError("--epochs must be at least 1")
-    if cfg.lr <= 0:
-        raise LowlossError("--lr must be positive")
-    start = int(round(cfg.start * n_batches))
-    if not 0 <= start < cfg.epochs * n_batches:
-        raise LowlossError(f"--start {cfg.start} must lie in [0, --epochs={cfg.epochs})")
-    if cfg.schedule == "constant":
-        every = max(1, int(round(cfg.every_epochs * n_batches)))
-        lr = cfg.lr
+    Iterates are collected after steps t = start + k * every - 1, k = 1, 2, ..."""
+    start = int(round(config.start * n_batches))
+    if config.schedule == "constant":
+        every = max(1, int(round(config.every_epochs * n_batches)))
+        lr = config.lr
 
         def lr_at_step(t):
             return lr
-    elif cfg.schedule == "cyclic":
-        every = max(1, int(round(cfg.cycle_epochs * n_batches)))
-        high = cfg.lr_high if cfg.lr_high is not None else 5 * cfg.lr
-        if high < cfg.lr:
-            raise LowlossError(f"--lr-high ({high}) must be at least --lr ({cfg.lr})")
+    else:
+        every = max(1, int(round(config.cycle_epochs * n_batches)))
+        high = config.lr_high if config.lr_high is not None else 5 * config.lr
 
         def lr_at_step(t):
-            return swa_cyclic_lr(t - start if t >= start else t, every, high, cfg.lr)
-    else:
-        raise LowlossError(f"unknown SWA schedule '{cfg.schedule}'; valid: constant, cyclic")
-    if start + every > cfg.epochs * n_batches:
-        raise LowlossError(f"averaging every {every} steps from step {start} collects nothing in {cfg.epochs} "
+            return swa_cyclic_lr(t - start if t >= start else t, every, high, config.lr)
+    if start + every > config.epochs * n_batches:
+        raise LowlossError(f"averaging every {every} steps from step {start} collects nothing in {config.epochs} "
                            "epochs: lower --start or --every, or raise --epochs")
     return lr_at_step, every, start
 
 
-def base_hyper(run, cfg) -> tuple[float, float, int]:
-    bc = run.config
-    return (bc["momentum"] if cfg.momentum is None else cfg.momentum, bc["wd"] if cfg.wd is None else cfg.wd,
-            bc["batch_size"] if cfg.batch_size is None else cfg.batch_size)
+def collect_every(take: Callable[[int], None], every: int, start: int) -> Collect:
+    """The Collect of an SWA-like trajectory: after steps start + k * every - 1, k >= 1."""
+    return Collect(take, every=every, first=start + every - 1)
 
 
-def run_swa(base_run: str | Path, cfg: SWAConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
-            data=None, stop_after_epochs: int | None = None) -> dict:
-    """SWA from `base_run`; writes an ordinary run directory (model.safetensors with recomputed BN, run.json)."""
-    from ..engine.evaluate import bn_buffers_for, evaluate_vector
-    from ..rundir import MODEL_FILE, load_run, start_run_dir
-    from ..rundir import RESULT_FILE as RUN_FILE
-    from ..rundir import save_tensors as save_state
-
-    out = Path(out)
-    config = {"base_run": str(Path(base_run).resolve()), **asdict(cfg)}
-    finished = read_json(out / RUN_FILE) if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists() else None
-    done = start_run_dir(out, config, resume=resume, quiet=quiet, finished=finished,
-                         same=finished is not None and finished.get("swa", {}).get("config") == config)
-    if done is not None:
-        return done
-    run = load_run(base_run, device=cfg.device, data=data)
-    momentum, wd, bs = base_hyper(run, cfg)
-    n_batches = run.data.train.num_batches(bs)
-    lr_at_step, every, start = trajectory_plan(cfg, n_batches)
-    gen = seed_everything(cfg.seed)
+# ---------------------------------------------------------------------------------------------------- method
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: Dataset | None = None,
+        stop_after_epochs: int | None = None) -> dict:
+    """SWA from the run inputs[0]; writes model.safetensors (BN recomputed for the average) and run.json."""
+    base = inputs[0]
+    run = load_run(base, device=config.device, data=data)
+    hp = base_values(config, base)
+    n_batches = run.data.train.num_batches(hp["batch_size"])
+    lr_at_step, every, start = trajectory_plan(config, n_batches)
+    gen = seed_everything(config.seed)
+    model = run.model
     avg = RunningAverage()
     t0 = time.time()
-    history = train_and_collect(run.model, run.data, epochs=cfg.epochs, lr_at_step=lr_at_step, collect_every=every,
-                                start_step=start, collectors={"swa": avg}, momentum=momentum, wd=wd, batch_size=bs,
-                                generator=gen, device=resolve_device(cfg.device), run_dir=out, resume=resume,
-                                quiet=quiet, desc=f"swa {out.name}", stop_after_epochs=stop_after_epochs)
-    if len(history) < cfg.epochs:
-        return {"stopped_after_epoch": len(history)}
-    model = run.model
+    trainer = train_trajectory(model, run.data, lr_at_step, collect_every(lambda t: avg.update(P.flatten(model)),
+                                                                         every, start),
+                               {"swa": avg}, epochs=config.epochs, momentum=hp["momentum"], wd=hp["wd"],
+                               batch_size=hp["batch_size"], generator=gen, device=run.device,
+                               run_dir=run_dir.path, resume=run_dir.resuming, quiet=quiet,
+                               desc=f"swa {run_dir.path.name}", after_epoch=lambda e: {"collected": avg.n},
+                               stop_after_epochs=stop_after_epochs)
+    if trainer.state.epoch < config.epochs:
+        run_dir.release()
+        return {"stopped_after_epoch": trainer.state.epoch}
     last_sgd = P.flatten(model).clone()
     last_bufs = {k: v.clone() for k, v in P.buffers(model).items()}
     bufs = bn_buffers_for(model, avg.mean, run.data.train)
     final = evaluate_vector(model, avg.mean, run.data, bufs=bufs)
     sgd_final = evaluate_vector(model, last_sgd, run.data, bufs=last_bufs)
-    state = P.state_from_vector(model, avg.mean, bufs)
-    save_state(out / MODEL_FILE, state, {"model": run.config["model"], "data": run.config["data"], "method": "swa"})
-    info = {"config": run.config, "seed": cfg.seed, "versions": versions(), "data": run.data.describe(),
-            "num_params": P.num_params(model), "history": history, "final": final,
-            "train_seconds": time.time() - t0,
-            "swa": {"config": config, "n_averaged": avg.n, "collect_every_steps": every, "start_step": start,
-                    "batches_per_epoch": n_batches, "last_sgd_iterate": sgd_final,
-                    "bn": "recomputed for the average on the training data" if P.has_batchnorm(model) else "none"}}
-    write_json(out / RUN_FILE, info)
-    (out / Trainer.CKPT).unlink(missing_ok=True)
-    return info
+    run_dir.save_tensors(MODEL_FILE, P.state_from_vector(model, avg.mean, bufs),
+                         {"model": run.config["model"], "data": run.config["data"], "method": "swa"})
+    return run_dir.finish({
+        "seed": config.seed, "data": run.data.describe(), "num_params": P.num_params(model),
+        "history": trainer.state.history, "final": final, "train_seconds": time.time() - t0,
+        "swa": {"config": run_dir.config, "n_averaged": avg.n, "collect_every_steps": every, "start_step": start,
+                "batches_per_epoch": n_batches, "last_sgd_iterate": sgd_final,
+                "bn": "recomputed for the average on the training data" if P.has_batchnorm(model) else "none"}},
+        model=run.config)
+
+
+def summary(info: dict) -> str:
+    f, s = info["final"]["test"], info["swa"]["last_sgd_iterate"]["test"]
+    return (f"{info['swa']['n_averaged']} iterates averaged | SWA test acc {f['accuracy']:.4f} nll {f['nll']:.4f} "
+            f"ece {f['ece']:.4f} | last SGD iterate acc {s['accuracy']:.4f} nll {s['nll']:.4f}")
+
+
+def load(path: str | Path, device=None, data: Dataset | None = None):
+    """The averaged network as a :class:`lowloss.rundir.Run` (module with weights, data, architecture)."""
+    read_result(path, "swa", needs=(MODEL_FILE,))
+    return load_run(path, device=device, data=data)
+
+
+def swa(run: str | Path, config: Config | None = None, out: str | Path = "runs/swa", *, resume: bool = False,
+        quiet: bool = False, data: Dataset | None = None, stop_after_epochs: int | None = None,
+        **overrides) -> dict:
+    """Python API: ``swa("runs/m0", out="runs/swa", epochs=5)``. Returns run.json's contents."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), [run], out, resume=resume,
+                      quiet=quiet, data=data, stop_after_epochs=stop_after_epochs)
+
+
+__all__ = ["Config", "RunningAverage", "base_values", "collect_every", "fit", "load", "summary", "swa",
+           "train_trajectory", "trajectory_plan"]

@@ -11,8 +11,17 @@ STYLE = {"single": ("k", "o"), "ensemble": ("tab:blue", "s"), "sse": ("tab:orang
          "multiswag": ("tab:brown", "X")}
 
 
+def draw_budget(result: dict, out: Path) -> list[Path]:
+    """OUT/budget.png of a finished `lowloss budget` run (its run.json contents)."""
+    c, seeds = result["config"], result["seeds"]
+    title = (f"{c['data']} {c['model']}, mean ± std over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}, "
+             f"1 budget = {c['epochs']} epochs")
+    return [plot_budget(result["summary"], Path(out) / "budget.png", title=title)]
+
+
 def plot_budget(summary: dict, path: str | Path, title: str = "") -> Path:
-    """`summary` is budget.json: {method: {budget: {metric: {mean, std}}}}. Error bars are the std over seeds."""
+    """`summary` is run.json's "summary": {method: {budget: {metric: {mean, std}}}}. Error bars are the std
+    over seeds."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     n = max(len(summary), 1)
     for i, (method, per_b) in enumerate(summary.items()):
