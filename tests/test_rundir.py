@@ -117,6 +117,8 @@ def _check_inputs(config, inputs):
 
 
 def _fit(config, inputs, run_dir, *, quiet=False):
+    if config.n == 99:
+        raise LowlossError("--n 99 is found to be bad only while fitting")
     return run_dir.finish({"n": config.n, "seen": len(inputs)})
 
 
@@ -131,6 +133,9 @@ def test_run_method_checks_before_writing_and_records_inputs(tmp_path):
     with pytest.raises(LowlossError, match="two runs"):
         run_method(_Method, _Cfg(), ["a"], tmp_path / "r")
     assert not (tmp_path / "r").exists()
+    with pytest.raises(LowlossError, match="only while fitting"):
+        run_method(_Method, _Cfg(n=99), ["a", "b"], tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing stale: the corrected command starts afresh
     info = run_method(_Method, _Cfg(n=3), ["a", "b"], tmp_path / "r")
     assert info["method"] == "toy" and info["seen"] == 2
     assert json.loads((tmp_path / "r" / CONFIG_FILE).read_text())["inputs"] == [

@@ -195,7 +195,7 @@ def claim_budget(study: Path, modes: list[Path]):
     figs = [d / "budget.png"]
     if j is None:
         return [claim("fge_nll", S_FGE), claim("ensembles_nll", S_ENS), claim("swa_accuracy", S_SWA)]
-    j = j.get("results", j)
+    j = j["summary"]
     b = "1"
     methods = [m for m in j if isinstance(j[m], dict) and b in j[m]]
     nll = {m: j[m][b]["nll"]["mean"] for m in methods}

@@ -68,7 +68,7 @@ def config_options(config_cls, skip: tuple[str, ...] = ()):
                     f = click.option(flag, spec.name, is_flag=True, default=False, **kw)(f)
                 continue
             if spec.multiple:
-                f = click.option(spec.flag, spec.name, multiple=True, metavar=spec.metavar, **kw)(f)
+                f = click.option(spec.flag, spec.name, multiple=True, default=(), metavar=spec.metavar, **kw)(f)
                 continue
             default = spec.default
             if isinstance(default, (tuple, list)) and spec.parse is not None:

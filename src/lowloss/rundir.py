@@ -205,6 +205,18 @@ class RunDir:
             (self.path / LOCK_FILE).unlink(missing_ok=True)
             self._locked = False
 
+    def discard(self, *, remove_directory: bool) -> None:
+        """Forget a new run that stopped on bad input before it saved any work: everything it wrote (and its
+        directory, when this run created it), so that the corrected command starts afresh."""
+        import shutil
+
+        self.release()
+        if remove_directory:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for entry in self.path.iterdir():  # the directory was empty when the run opened it
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+
     def __enter__(self) -> RunDir:
         return self
 
@@ -381,11 +393,17 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
     if check_inputs and hasattr(method, "check_inputs"):  # bad input runs: an error before anything is written
         method.check_inputs(config, inputs)
     record = config_record(config, inputs)
+    existed = Path(out).exists()  # RunDir.open refuses a non-empty directory that holds no run of ours
     rd = RunDir.open(out, name, record, resume=resume, fresh=fresh, quiet=quiet)
     if rd.finished is not None:
         return rd.finished
     with rd:
-        return method.fit(config, inputs, rd, quiet=quiet, **fit_kw)
+        try:
+            return method.fit(config, inputs, rd, quiet=quiet, **fit_kw)
+        except LowlossError:
+            if not rd.resuming and not rd.checkpoint.exists():
+                rd.discard(remove_directory=not existed)  # bad input found inside fit: leave no stale run
+            raise
 
 
 def config_record(config, inputs=None) -> dict:
