@@ -33,7 +33,7 @@ def images():
     return {k: f() for k, f in IMAGES.items()}
 
 
-def test_registry_has_the_issue_list():
+def test_registry_has_the_cifar10c_list():
     want = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "defocus_blur",
             "motion_blur", "contrast", "brightness", "saturate", "pixelate", "jpeg", "elastic_transform", "fog"}
     assert want <= set(C.CORRUPTIONS)

@@ -9,7 +9,7 @@ import torch
 
 from lowloss import metrics as M
 from lowloss.data import Dataset, TensorSplit
-from lowloss.methods import calibration as CAL
+from lowloss.methods import calibrate as CAL
 from lowloss.methods.predictor import Predictor
 from lowloss.params import flatten
 from lowloss.utils import LowlossError
@@ -42,7 +42,7 @@ def _toy(n_train=200, n_test=240, d=6, k=3, seed=0):
 def test_temperature_scaling_of_predictors_keeps_accuracy_and_lowers_fit_nll(n_members):
     model, data, members = _toy()
     pred = Predictor(model, data, fixed=members[:n_members])
-    plan = CAL.calibration_plan(data, "test-half", seed=0)
+    plan = CAL.calibration_plan(data)
     res = CAL.calibrate_predictor(pred, plan)
     assert res["members"] == n_members and res["note"] is None
     assert res["temperature"] != pytest.approx(1.0, abs=1e-3)  # over-confident members: T really moves
@@ -75,7 +75,7 @@ def test_all_correct_calibration_data_keeps_t_one():
 
 
 def test_calibration_plan_splits(digits):
-    plan = CAL.calibration_plan(digits, "test-half", seed=0)
+    plan = CAL.calibration_plan(digits, CAL.Config())
     assert len(plan.calib) + len(plan.eval) == len(digits.test) == 360
     assert plan.info["calibration_size"] == 180
     # disjoint and stratified
@@ -85,12 +85,15 @@ def test_calibration_plan_splits(digits):
     b = {tuple(r.tolist()) for r in plan.eval.x.flatten(1)}
     assert not a & b
     assert (torch.bincount(plan.calib.y, minlength=10) - torch.bincount(plan.eval.y, minlength=10)).abs().max() <= 1
-    again = CAL.calibration_plan(digits, "test-half", seed=0)
+    again = CAL.calibration_plan(digits, val_seed=0)
     assert torch.equal(again.calib.x, plan.calib.x)
-    tr = CAL.calibration_plan(digits, "train", size=100)
+    assert not torch.equal(CAL.calibration_plan(digits, val_seed=1).calib.x, plan.calib.x)
+    tr = CAL.calibration_plan(digits, val_source="train", val_size=100)
     assert len(tr.calib) == 100 and tr.eval is digits.test and "in-sample" in tr.info["note"]
     with pytest.raises(LowlossError, match="val-source"):
-        CAL.calibration_plan(digits, "valid")
+        CAL.calibration_plan(digits, val_source="valid")
+    with pytest.raises(LowlossError, match="val-size 360"):
+        CAL.calibration_plan(digits, val_size=360)
 
 
 def test_materialise_fixes_sampled_members():
@@ -111,25 +114,26 @@ def test_materialise_fixes_sampled_members():
 
 # ----------------------------------------------------------------------------------------------- shift
 def _tiny_runs(tmp_path, digits, n=2):
-    """Run directories of a tiny (untrained, randomly initialised) MLP on digits, written directly."""
+    """Finished `train`-shaped run directories of a tiny MLP on digits whose readout is a least-squares fit
+    (better than chance, quick to make)."""
     from lowloss.models import build_model
-    from lowloss.rundir import save_tensors as save_state
-    from lowloss.utils import write_json
+    from lowloss.rundir import RunDir
 
     dirs = []
     for i in range(n):
         torch.manual_seed(i)
         model = build_model("mlp", digits.input_shape, 10, {"widths": "16"})
-        with torch.no_grad():  # a quick least-squares readout so the nets are better than chance
+        with torch.no_grad():
             h = model.net[:-1](digits.train.x)
             onehot = torch.nn.functional.one_hot(digits.train.y, 10).float() * 8 - 4
             sol = torch.linalg.lstsq(torch.cat([h, torch.ones(len(h), 1)], 1), onehot).solution
             model.net[-1].weight.copy_(sol[:-1].T)
             model.net[-1].bias.copy_(sol[-1])
         d = tmp_path / f"run{i}"
-        save_state(d / "model.safetensors", model.state_dict())
-        write_json(d / "run.json", {"config": {"data": "digits", "model": "mlp", "model_options": {"widths": "16"},
-                                               "data_seed": 0, "device": "cpu"}})
+        rd = RunDir.open(d, "train", {"seed": i, "device": "cpu"})
+        rd.save_tensors("model.safetensors", model.state_dict())
+        rd.finish({}, model={"model": "mlp", "model_options": {"widths": "16"}, "data": "digits", "data_seed": 0,
+                             "data_dir": None})
         dirs.append(d)
     return dirs
 
@@ -146,8 +150,8 @@ def test_shift_json_layout_cache_and_single_is_member_zero(tmp_path, digits, mon
             "--out", str(out), "--device", "cpu", "-q"]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    res = json.loads((out / "shift.json").read_text())
-    assert res["info"]["methods"] == ["single", "ensemble"]
+    res = json.loads((out / "run.json").read_text())
+    assert res["method"] == "shift" and res["info"]["methods"] == ["single", "ensemble"]
     for block in (res, res["temperature_scaled"]):
         for m in ("single", "ensemble"):
             assert set(block[m]) == {"gaussian_noise", "contrast"}
@@ -156,6 +160,7 @@ def test_shift_json_layout_cache_and_single_is_member_zero(tmp_path, digits, mon
                 assert {"accuracy", "nll", "ece"} <= set(block[m][c]["5"])
     assert res["info"]["members"] == {"single": 1, "ensemble": 2}
     assert (out / "shift.png").exists() and (out / "corruptions.png").exists()
+    assert (out / "cache" / "ensemble" / "contrast_5.safetensors").exists() and not (out / "cache" / "single").exists()
     # temperature scaling never changes accuracy
     for m in ("single", "ensemble"):
         for c in ("gaussian_noise", "contrast"):
@@ -166,19 +171,23 @@ def test_shift_json_layout_cache_and_single_is_member_zero(tmp_path, digits, mon
     from lowloss.methods.predictor import run_predictor
 
     p = run_predictor(runs[0], device="cpu")
-    plan = CAL.calibration_plan(p.data, "test-half", seed=0)
+    plan = CAL.calibration_plan(p.data)
     probs, y = p.predict_probs(corrupt_split(plan.eval, p.data, "contrast", 5, seed=0))
     want = M.classification_metrics(probs, y)
     assert res["single"]["contrast"]["5"]["nll"] == pytest.approx(want["nll"], abs=1e-6)
     assert res["single"]["contrast"]["5"]["accuracy"] == pytest.approx(want["accuracy"])
-    # a rerun reads every logit from the cache
+    # an interrupted benchmark continues with --resume and reads every logit from the cache
+    (out / "run.json").unlink()
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0 and "--resume" in str(r.exception)
     monkeypatch.setattr(Pred, "member_logits", lambda *a, **k: pytest.fail("recomputed a cached logit"))
-    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    r = CliRunner().invoke(cli, args + ["--resume"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "shift.json").read_text())["ensemble"] == res["ensemble"]
+    again = json.loads((out / "run.json").read_text())
+    assert again["ensemble"] == res["ensemble"] and again["temperature_scaled"] == res["temperature_scaled"]
     # another configuration in the same directory is refused
     r = CliRunner().invoke(cli, args + ["--seed", "3"])
-    assert r.exit_code != 0 and "another configuration" in str(r.exception)
+    assert r.exit_code != 0 and "another config" in str(r.exception)
 
 
 def test_calibrate_command(tmp_path, digits):
@@ -191,14 +200,19 @@ def test_calibrate_command(tmp_path, digits):
     r = CliRunner().invoke(cli, ["calibrate", *map(str, runs), "--out", str(out), "--device", "cpu", "-q"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    res = json.loads((out / "calibration.json").read_text())
-    assert set(res["results"]) == {"run0", "run1", "ensemble of 2"}
+    res = json.loads((out / "run.json").read_text())
+    assert res["method"] == "calibration" and set(res["results"]) == {"run0", "run1", "ensemble of 2"}
     assert res["calibration"]["calibration_size"] == 180
     for v in res["results"].values():
         assert v["before"]["accuracy"] == v["after"]["accuracy"]
         assert v["fit_data"]["after"]["nll"] <= v["fit_data"]["before"]["nll"] + 1e-12
         assert sum(v["reliability"]["before"]["count"]) == 180
     assert (out / "reliability.png").exists()
+    r = CliRunner().invoke(cli, ["calibrate", *map(str, runs), "--out", str(tmp_path / "one"), "--device", "cpu",
+                                 "--no-ensemble", "--val-source", "train", "--val-size", "50", "-q"],
+                           catch_exceptions=False)
+    one = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert set(one["results"]) == {"run0", "run1"} and one["calibration"]["calibration_size"] == 50
 
 
 # ----------------------------------------------------------------------------------------------- regression
@@ -221,14 +235,38 @@ def test_regression_scores_closed_form():
 
 @pytest.mark.slow
 def test_regression_and_spirals_end_to_end(tmp_path):
-    from lowloss.methods.regression import RegressionConfig, run_regression
-    from lowloss.methods.spirals import SpiralsConfig, run_spirals
+    from lowloss.api import run
 
-    res = run_regression(RegressionConfig(modes=2, espro_modes=1, epochs=200, vertex_epochs=2, swag_epochs=2,
-                                          samples=4), tmp_path / "reg", quiet=True)
+    res = run("regression", out=tmp_path / "reg", quiet=True, modes=2, espro_modes=1, epochs=200, vertex_epochs=2,
+              swag_epochs=2, samples=4)
     assert set(res["results"]) == {"espro", "ensemble", "swag"}
     assert (tmp_path / "reg" / "regression.png").exists()
-    sp = run_spirals(SpiralsConfig(epochs=200, vertex_epochs=1, shown=3, members=4, grid=20), tmp_path / "sp",
-                     quiet=True)
+    mode = json.loads((tmp_path / "reg" / "modes" / "mode_0" / "run.json").read_text())
+    assert mode["method"] == "train" and mode["model"]["model"] == "mlp" and len(mode["history"]) == 200
+    # an interrupted run continues: finished sub-runs are kept, the rest gives the same numbers
+    (tmp_path / "reg" / "run.json").unlink()
+    before = (tmp_path / "reg" / "swag" / "swag.safetensors").stat().st_mtime_ns
+    again = run("regression", out=tmp_path / "reg", quiet=True, resume=True, plots=False, modes=2, espro_modes=1,
+                epochs=200, vertex_epochs=2, swag_epochs=2, samples=4)
+    assert again["results"] == res["results"]
+    assert (tmp_path / "reg" / "swag" / "swag.safetensors").stat().st_mtime_ns == before
+    sp = run("spirals", out=tmp_path / "sp", quiet=True, epochs=200, vertex_epochs=1, shown=3, members=4, grid=20)
     assert len(sp["samples"]) == 3 and len(sp["vertices"]) == 4
     assert (tmp_path / "sp" / "spirals.png").exists()
+
+
+def test_full_batch_mode_resumes_exactly(tmp_path):
+    from lowloss.methods.regression import ModeConfig, train_mode
+    from lowloss.rundir import load_run
+
+    cfg = ModeConfig(data="regression1d", widths="8", epochs=250, lr=0.01, wd=1e-4, seed=0, data_seed=0, device="cpu")
+    train_mode(cfg, tmp_path / "full", quiet=True)
+    train_mode(cfg, tmp_path / "half", quiet=True, stop_after_epochs=150)  # the last checkpoint: epoch 100
+    assert (tmp_path / "half" / "checkpoint.safetensors").exists() and not (tmp_path / "half" / "run.json").exists()
+    with pytest.raises(LowlossError, match="--resume"):
+        train_mode(cfg, tmp_path / "half", quiet=True)
+    train_mode(cfg, tmp_path / "half", resume=True, quiet=True)
+    a, b = load_run(tmp_path / "full"), load_run(tmp_path / "half")
+    assert torch.equal(a.vector, b.vector)
+    info = json.loads((tmp_path / "half" / "run.json").read_text())
+    assert info["method"] == "train" and [h["epoch"] for h in info["history"]] == list(range(1, 251))

@@ -2,7 +2,7 @@
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_kl_matches_published_constants_and_values():
     kl = kl_log_uniform(la)
     for v, l in zip(kl.tolist(), la.tolist()):
         assert v == pytest.approx(_kl_by_hand(l), rel=1e-12)
-    # the values METHODS.md quotes (rounded): 3.1367, 0.4312, 0.00342, 2e-5 (2.27e-5: the 0.5 log(1+1/alpha) tail)
+    # the published values (rounded): 3.1367, 0.4312, 0.00342, 2e-5 (2.27e-5: the 0.5 log(1+1/alpha) tail)
     assert kl[0].item() == pytest.approx(3.1367, abs=5e-5)
     assert kl[1].item() == pytest.approx(0.4312, abs=5e-5)
     assert kl[2].item() == pytest.approx(0.003415, abs=5e-7)
@@ -217,56 +217,71 @@ def test_kl_per_posterior_and_mode_switch():
 
 
 def test_training_resumes_exactly_and_writes_schemes(tmp_path, digits):
-    from lowloss.methods.vardrop import (
-        VardropConfig,
-        anneal_epochs_of,
-        kl_weight,
-        load_vardrop,
-        log_alpha_per_layer,
-        train_all,
-        train_vardrop,
-    )
+    from lowloss.api import run
+    from lowloss.methods.vardrop import Config, anneal_epochs_of, kl_weight, load, train_vardrop
+    from lowloss.variational import log_alpha_per_layer
 
-    cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="weight", epochs=2,
-                        samples=4, anneal_epochs=1.0, device="cpu")
+    cfg = Config(data="digits", model="mlp", model_options={"widths": "16"}, posterior="weight", epochs=2,
+                 samples=4, anneal_epochs=1.0, device="cpu")
     full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
+    assert full["method"] == "vardrop" and full["model"]["model"] == "mlp"
     assert train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits, stop_after_epochs=1) == {
         "stopped_after_epoch": 1}
     with pytest.raises(LowlossError, match="--resume"):
         train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits)
     resumed = train_vardrop(cfg, tmp_path / "half", resume=True, quiet=True, data=digits)
-    a, _, _ = load_vardrop(tmp_path / "full", data=digits)
-    b, _, _ = load_vardrop(tmp_path / "half", data=digits)
+    a, b = load(tmp_path / "full", data=digits).model, load(tmp_path / "half", data=digits).model
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n  # Adam moments and every RNG restored
     assert resumed["schemes"] == full["schemes"] and resumed["elbo"] == full["elbo"]
     assert full["history"][0]["kl_weight"] == 1.0 and full["elbo"]["elbo"] < 0
     for s in ("stochastic", "deterministic", "ensemble"):
         assert set(full["schemes"][s]) >= {"accuracy", "nll", "ece"}
+    assert not (tmp_path / "full" / "checkpoint.safetensors").exists()
 
     out = tmp_path / "all"
-    cfg = replace(cfg, epochs=1)
-    schemes = train_all(cfg, out, ("variance", "dropout"), quiet=True)
-    assert list(schemes) == ["variance", "dropout"]
-    assert read_json(out / "schemes.json") == json.loads(json.dumps(schemes))
+    cfg = replace(cfg, epochs=1, posterior="dropout,variance")
+    res = run("vardrop", cfg, out=out, quiet=True, fit_kwargs={"data": digits})
+    schemes = res["schemes"]
+    assert list(schemes) == ["variance", "dropout"] == res["posteriors"]
+    assert read_json(out / "run.json") == json.loads(json.dumps(res))
+    assert schemes["variance"]["ensemble"] == read_json(out / "variance" / "run.json")["schemes"]["ensemble"]
     assert (out / "schemes.md").read_text().count("\n| ") == 3 and (out / "log_alpha.png").stat().st_size > 0
     # the figure's data: the default variance network has one variance layer; the others are point estimates
-    stats = log_alpha_per_layer(out / "variance", data=digits)
+    runs = load(out, data=digits)
+    assert list(runs) == ["variance", "dropout"]
+    stats = log_alpha_per_layer(runs["variance"].model)
     assert list(stats) == ["net.1", "net.3"] and torch.isinf(stats["net.1"]).all() and (stats["net.1"] > 0).all()
     assert (stats["net.3"] == -math.inf).all() and stats["net.3"].numel() == 16 * 10
     # the KL warm-up defaults to half of the epochs
     assert anneal_epochs_of(replace(cfg, epochs=30, anneal_epochs=None)) == 15.0
     assert kl_weight(15.0, 3.0) == pytest.approx(0.2) and kl_weight(15.0, 20.0) == 1.0 == kl_weight(0.0, 0.0)
     # variance network, deterministic scheme: the same prediction for every input
-    m, _, _ = load_vardrop(out / "variance", data=digits)
+    m = runs["variance"].model
     with torch.no_grad(), prediction_mode(m, "mean"):
         logits = m(digits.test.x[:20])
     assert torch.allclose(logits, logits[:1].expand_as(logits))
-    # finished posteriors are skipped on a second call
+    # an interrupted comparison keeps its finished posteriors
     before = (out / "dropout" / "model.safetensors").stat().st_mtime_ns
-    train_all(cfg, out, ("dropout",), quiet=True)
+    (out / "run.json").unlink()
+    again = train_vardrop(cfg, out, resume=True, quiet=True, data=digits)
     assert (out / "dropout" / "model.safetensors").stat().st_mtime_ns == before
-    assert list(read_json(out / "schemes.json")) == ["variance", "dropout"]
+    assert again["schemes"] == res["schemes"]
+    with pytest.raises(LowlossError, match="another config"):
+        train_vardrop(cfg, out, quiet=True, data=digits, posterior="dropout")
+
+
+def test_comparison_stops_and_resumes(tmp_path, digits):
+    from lowloss.methods.vardrop import Config, train_vardrop
+
+    cfg = Config(model="mlp", model_options={"widths": "8"}, posterior="layer,dropout", epochs=2, samples=2,
+                 device="cpu")
+    assert train_vardrop(cfg, tmp_path / "vd", quiet=True, data=digits, stop_after_epochs=1) == {
+        "stopped_after_epoch": 1}
+    assert (tmp_path / "vd" / "layer" / "checkpoint.safetensors").exists()
+    res = train_vardrop(cfg, tmp_path / "vd", resume=True, quiet=True, data=digits)
+    full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
+    assert res["schemes"] == full["schemes"]
 
 
 def test_last_layer_posterior_and_the_variance_output_layer_limit():
@@ -291,31 +306,31 @@ def test_last_layer_posterior_and_the_variance_output_layer_limit():
     assert abs(wins - 0.5) < 0.02
 
 
-def test_scaled_adam_gives_log_sigma2_its_own_learning_rate():
-    from lowloss.methods.vardrop import ScaledAdam
+def test_adam_groups_give_log_sigma2_its_own_learning_rate():
+    from lowloss.data import TensorSplit
+    from lowloss.engine.train import Trainer
 
     a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
-    opt = ScaledAdam([{"params": [a], "lr_scale": 50.0}, {"params": [b]}], lr=1e-3)
-    (a.sum() + b.sum()).backward()
-    opt.step()
+    data = TensorSplit(torch.zeros(4, 1), torch.zeros(4))
+    trainer = Trainer({"a": a, "b": b}, lambda x, y, step: (a.sum() + b.sum(), None), data, epochs=1, batch_size=4,
+                      lr=lambda e: 1e-3, optimizer="adam", lr_scales={"a": 50.0}, quiet=True)
+    trainer.run()
     # Adam's first step moves every coordinate by lr (times the sign of its gradient)
     assert torch.allclose(a, torch.full((3,), -0.05)) and torch.allclose(b, torch.full((3,), -1e-3))
-    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]  # the scheduled lr is left as it was
 
 
 def test_variance_training_uses_noise_lr_and_resumes_exactly(tmp_path, digits):
 
-    from lowloss.methods.vardrop import VardropConfig, build_variational, load_vardrop, train_vardrop
+    from lowloss.methods.vardrop import Config, build_variational, load, train_vardrop
     from lowloss.utils import seed_everything
 
-    cfg = VardropConfig(data="digits", model="mlp", model_options={"widths": "16"}, posterior="variance", epochs=2,
+    cfg = Config(data="digits", model="mlp", model_options={"widths": "16"}, posterior="variance", epochs=2,
                         samples=2, noise_lr=0.05, device="cpu")
     full = train_vardrop(cfg, tmp_path / "full", quiet=True, data=digits)
     assert full["config"]["noise_lr"] == 0.05
     train_vardrop(cfg, tmp_path / "half", quiet=True, data=digits, stop_after_epochs=1)
     train_vardrop(cfg, tmp_path / "half", resume=True, quiet=True, data=digits)  # two Adam groups restored
-    a, _, _ = load_vardrop(tmp_path / "full", data=digits)
-    b, _, _ = load_vardrop(tmp_path / "half", data=digits)
+    a, b = load(tmp_path / "full", data=digits).model, load(tmp_path / "half", data=digits).model
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
     # with the larger rate the log sigma^2 move much further than with --lr alone
@@ -323,10 +338,10 @@ def test_variance_training_uses_noise_lr_and_resumes_exactly(tmp_path, digits):
     fast = train_vardrop(replace(cfg, epochs=1), tmp_path / "fast", quiet=True, data=digits)
     assert slow["config"]["noise_lr"] is None
     seed_everything(cfg.seed)  # the start of both runs, as train_vardrop builds it
-    start = dict(variational_layers(build_variational(asdict(cfg), digits, "cpu")[0]))
+    start = dict(variational_layers(build_variational(cfg, digits, "cpu")[0]))
     moved = {}
     for name in ("slow", "fast"):
-        m, _, _ = load_vardrop(tmp_path / name, data=digits)
+        m = load(tmp_path / name, data=digits).model
         moved[name] = max((layer.log_sigma2 - start[n].log_sigma2).abs().max().item()
                           for n, layer in variational_layers(m))
     assert fast["history"] and moved["fast"] > 5 * moved["slow"]
@@ -335,7 +350,7 @@ def test_variance_training_uses_noise_lr_and_resumes_exactly(tmp_path, digits):
 
 
 def test_lenet5_ref_shapes():
-    from lowloss.methods.vardrop import lenet5_ref
+    from lowloss.variational import lenet5_ref
 
     for shape, feats in (((1, 28, 28), 800), ((1, 8, 8), 200), ((3, 32, 32), 1250)):
         net = lenet5_ref(shape, 10)
@@ -368,8 +383,9 @@ def test_only_some_layers_become_variational():
         to_variational(base, "variance", layers=[4], last_posterior="plain")
 
 
-def test_variance_layers_spec_and_old_runs(digits):
-    from lowloss.methods.vardrop import VardropConfig, build_variational, lenet5_ref, resolve_variance_layers
+def test_variance_layers_spec(digits):
+    from lowloss.methods.vardrop import Config, build_variational, resolve_variance_layers
+    from lowloss.variational import lenet5_ref
 
     net = lenet5_ref((1, 28, 28), 10)
     assert resolve_variance_layers("all", net) == ["0", "4", "9"]       # conv1, conv2, dense1
@@ -382,24 +398,24 @@ def test_variance_layers_spec_and_old_runs(digits):
     with pytest.raises(LowlossError, match="at least one hidden layer"):
         resolve_variance_layers("all", nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
-    cfg = asdict(VardropConfig(model="mlp", model_options={"widths": "8,8,8"}, posterior="variance", device="cpu"))
+    cfg = Config(model="mlp", model_options={"widths": "8,8,8"}, posterior="variance", device="cpu")
     names = lambda c: [m.posterior for _, m in variational_layers(build_variational(c, digits, "cpu")[0])]  # noqa: E731
     assert build_variational(cfg, digits, "cpu")[0].variational_layer_names == ("net.5",)  # default: last hidden
-    alt = dict(cfg, variance_layers="alternate")
+    alt = replace(cfg, variance_layers="alternate")
     assert build_variational(alt, digits, "cpu")[0].variational_layer_names == ("net.1", "net.5")
-    old = {k: v for k, v in cfg.items() if k != "variance_layers"}  # runs written before the option: all hidden
-    assert names(old) == ["variance"] * 3
-    assert names(dict(cfg, posterior="weight")) == ["weight"] * 4    # VD posteriors convert every layer
-    # the dropout baseline puts its noise into the variance network's layers (old runs: every layer)
-    drop = build_variational(dict(cfg, posterior="dropout"), digits, "cpu")[0]
-    assert drop.variational_layer_names == ("net.5",) and names(dict(old, posterior="dropout")) == ["dropout"] * 4
+    assert names(replace(cfg, variance_layers="all")) == ["variance"] * 3
+    assert names(replace(cfg, posterior="weight")) == ["weight"] * 4    # VD posteriors convert every layer
+    # the dropout baseline puts its noise into the variance network's layers
+    drop = build_variational(replace(cfg, posterior="dropout"), digits, "cpu")[0]
+    assert drop.variational_layer_names == ("net.5",)
+    assert names(replace(cfg, posterior="dropout", variance_layers="all")) == ["dropout"] * 3
 
 
 def test_bad_variance_layers_fail_before_writing(tmp_path, digits):
-    from lowloss.methods.vardrop import VardropConfig, train_vardrop
+    from lowloss.methods.vardrop import Config, train_vardrop
 
-    cfg = VardropConfig(model="mlp", model_options={"widths": "8"}, posterior="variance", variance_layers="2",
-                        epochs=1, device="cpu")
+    cfg = Config(model="mlp", model_options={"widths": "8"}, posterior="variance", variance_layers="2",
+             epochs=1, device="cpu")
     with pytest.raises(LowlossError, match="output layer"):
         train_vardrop(cfg, tmp_path / "bad", quiet=True, data=digits)
     for bad, match in ((dict(anneal_epochs=-1.0), "anneal-epochs"), (dict(noise_lr=0.0), "noise-lr"),
@@ -411,17 +427,17 @@ def test_bad_variance_layers_fail_before_writing(tmp_path, digits):
 
 @pytest.mark.parametrize("posterior,param", [("layer", "log_alpha"), ("additive", "log_sigma2")])
 def test_noise_lr_moves_log_alpha_and_log_sigma2_of_every_posterior(tmp_path, digits, posterior, param):
-    from lowloss.methods.vardrop import VardropConfig, build_variational, load_vardrop, train_vardrop
+    from lowloss.methods.vardrop import Config, build_variational, load, train_vardrop
     from lowloss.utils import seed_everything
 
-    cfg = VardropConfig(model="mlp", model_options={"widths": "16"}, posterior=posterior, epochs=1, samples=2,
+    cfg = Config(model="mlp", model_options={"widths": "16"}, posterior=posterior, epochs=1, samples=2,
                         device="cpu")
     seed_everything(cfg.seed)  # the start of every run, as train_vardrop builds it
-    start = dict(variational_layers(build_variational(asdict(cfg), digits, "cpu")[0]))
+    start = dict(variational_layers(build_variational(cfg, digits, "cpu")[0]))
     moved = {}
     for name, lr in (("slow", None), ("fast", 0.05)):
         train_vardrop(replace(cfg, noise_lr=lr), tmp_path / name, quiet=True, data=digits)
-        m, _, _ = load_vardrop(tmp_path / name, data=digits)
+        m = load(tmp_path / name, data=digits).model
         moved[name] = max((getattr(layer, param) - getattr(start[n], param)).abs().median().item()
                           for n, layer in variational_layers(m))
     assert moved["fast"] > 5 * moved["slow"], moved
@@ -430,10 +446,11 @@ def test_noise_lr_moves_log_alpha_and_log_sigma2_of_every_posterior(tmp_path, di
 def test_variance_network_matches_dropout_with_the_ensemble_scheme(tmp_path, digits):
     """The slides' phenomenon end to end (the quick study's setting, about 15 s): the variance network predicts
     at chance with the mean weights, and its ensemble is within 2 points of Gaussian dropout's."""
-    from lowloss.methods.vardrop import VardropConfig, train_all
+    from lowloss.methods.vardrop import Config, train_vardrop
 
-    cfg = VardropConfig(model="mlp", model_options={"widths": "512,512"}, lr=0.01, epochs=60, device="cpu")
-    s = train_all(cfg, tmp_path, ("variance", "dropout"), quiet=True, data=digits)
+    cfg = Config(model="mlp", model_options={"widths": "512,512"}, posterior="variance,dropout", lr=0.01, epochs=60,
+                 device="cpu")
+    s = train_vardrop(cfg, tmp_path, quiet=True, data=digits)["schemes"]
     v, d = s["variance"], s["dropout"]
     assert v["deterministic"]["accuracy"] <= 0.2 < 0.9 <= d["deterministic"]["accuracy"]
     assert v["ensemble"]["accuracy"] >= d["ensemble"]["accuracy"] - 0.02

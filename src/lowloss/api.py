@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import LowlossError
 
-# command name -> method module (the command line's names; `calibrate` is the calibration method)
+# command name -> method module (the module is named after the command)
 METHODS: dict[str, str] = {
     "train": "lowloss.methods.train",
     "eval": "lowloss.methods.eval",
@@ -32,7 +32,7 @@ METHODS: dict[str, str] = {
     "espro": "lowloss.methods.espro",
     "complex": "lowloss.methods.complex",
     "dimension": "lowloss.methods.dimension",
-    "calibrate": "lowloss.methods.calibration",
+    "calibrate": "lowloss.methods.calibrate",
     "shift": "lowloss.methods.shift",
     "regression": "lowloss.methods.regression",
     "spirals": "lowloss.methods.spirals",

@@ -91,6 +91,7 @@ class Job:
     inputs: list | None = None
     config: dict = field(default_factory=dict)
     sub: str = ""
+    device: bool = True  # the study's --device applies (False: the method's own default device)
 
 
 @dataclass(frozen=True)
@@ -171,15 +172,15 @@ STAGES: list[Stage] = [
           lambda s, study: [Job("swag", [m], {"epochs": s.swag_epochs, "seed": k}, m.name)
                             for k, m in zip(s.seeds, mode_dirs(study, s))], ("modes",)),
     Stage("espro", "ESPRO simplexes from each mode vs the deep ensemble",
-          lambda s, study: [Job("espro", mode_dirs(study, s), {"vertices": 3, "epochs_per_vertex": s.espro_epochs,
+          lambda s, study: [Job("espro", mode_dirs(study, s), {"vertices": 3, "epochs": s.espro_epochs,
                                                                "members": s.members, "seed": s.seed})], ("modes",)),
     Stage("complex", "A mode-connecting simplicial complex (SPRO)",
           lambda s, study: [Job("complex", mode_dirs(study, s)[:2], {"connectors": 2,
-                                                                     "epochs_per_vertex": s.complex_epochs,
+                                                                     "epochs": s.complex_epochs,
                                                                      "seed": s.seed})], ("modes",)),
     Stage("dimension", "Dimensionality of the low-loss valley",
           lambda s, study: [Job("dimension", mode_dirs(study, s)[:2], {"max_connectors": s.dim_connectors,
-                                                                       "epochs_per_vertex": s.dim_epochs,
+                                                                       "epochs": s.dim_epochs,
                                                                        "seed": s.seed})], ("modes",)),
     Stage("calibration", "Calibration and temperature scaling",
           lambda s, study: [Job("calibrate", mode_dirs(study, s))], ("modes",)),
@@ -187,9 +188,9 @@ STAGES: list[Stage] = [
     Stage("vardrop", "Variational dropout vs variance networks", _vardrop),
     Stage("regression", "1-D regression uncertainty bands",
           lambda s, study: [Job("regression", None, {"method": ("ensemble", "swag", "espro"), **s.regression,
-                                                     "seed": s.seed})]),
+                                                     "seed": s.seed}, device=False)]),
     Stage("spirals", "Two spirals: functional diversity in a simplex",
-          lambda s, study: [Job("spirals", None, {**s.spirals, "seed": s.seed})]),
+          lambda s, study: [Job("spirals", None, {**s.spirals, "seed": s.seed}, device=False)]),
 ]
 
 
@@ -200,8 +201,9 @@ def run_stage(stage: Stage, settings: Settings, study: Path) -> None:
     d = study / stage.name
     for job in stage.jobs(settings, study):
         inputs = [str(p) for p in job.inputs] if job.inputs is not None else None
+        device = {"device": settings.device} if job.device else {}
         run(job.method, None, inputs, d / job.sub if job.sub else d, resume=True, quiet=settings.quiet,
-            device=settings.device, **job.config)
+            **device, **job.config)
 
 
 def run_study(out: str | Path, settings: Settings, only: list[str] | None = None) -> dict:

@@ -31,6 +31,10 @@ Every layer has a ``mode`` (see :func:`set_mode` / :func:`prediction_mode`):
   the bias alone).
 
 Sampling uses torch's global generator (seeded by :func:`lowloss.utils.seed_everything`).
+
+Two LeNet-5s with BatchNorm for the variance-network experiments are here as model factories:
+``--model lowloss.variational:lenet5_ref`` (20-50-500) and ``--model lowloss.variational:lenet5_bn``
+(6-16-120-84).
 """
 
 from __future__ import annotations
@@ -409,7 +413,74 @@ def layer_statistics(model: nn.Module) -> dict[str, dict]:
     return out
 
 
+@torch.no_grad()
+def log_alpha_per_layer(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per dense/conv layer, in module order: the per-weight log alpha (float64, flat), +inf for a variance layer
+    and -inf for a layer left a point estimate."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, VARIATIONAL_TYPES):
+            la = m.weight_log_alpha()
+            n = math.prod(m.weight_shape)
+            out[name] = (torch.full((n,), math.inf, dtype=torch.float64) if la is None
+                         else la.reshape(-1).double().cpu())
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+            out[name] = torch.full((m.weight.numel(),), -math.inf, dtype=torch.float64)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- model factories
+class LeNet5BN(nn.Module):
+    """LeNet-5 with BatchNorm after every hidden layer (conv/linear -> BN -> ReLU [-> max pool]), as in the
+    variance-network experiments: BN re-centres and re-scales the zero-mean activations of variance layers,
+    which is what lets them train. Pads the convolutions for inputs smaller than 32x32, like lowloss's lenet5.
+    Use as ``--model lowloss.variational:lenet5_bn``."""
+
+    def __init__(self, input_shape, num_classes, width: float = 1.0):
+        super().__init__()
+        c, h = input_shape[0], input_shape[1]
+        c1, c2, f1, f2 = (max(1, int(round(k * width))) for k in (6, 16, 120, 84))
+        self.features = nn.Sequential(
+            nn.Conv2d(c, c1, 5, padding=2 if h < 32 else 0, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2 if h < 16 else 0, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten())
+        with torch.no_grad():
+            d = self.features.eval()(torch.zeros(1, *input_shape)).shape[1]
+        self.features.train()
+        self.classifier = nn.Sequential(nn.Linear(d, f1, bias=False), nn.BatchNorm1d(f1), nn.ReLU(),
+                                        nn.Linear(f1, f2, bias=False), nn.BatchNorm1d(f2), nn.ReLU(),
+                                        nn.Linear(f2, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def lenet5_bn(input_shape, num_classes, width: float = 1.0) -> LeNet5BN:
+    return LeNet5BN(input_shape, num_classes, width)
+
+
+def lenet5_ref(input_shape, num_classes, width: float = 1.0) -> nn.Sequential:
+    """The LeNet-5 of the variance-network experiments (Caffe's 20-50-500 LeNet with BatchNorm): conv 5x5 (20)
+    -> BN -> ReLU -> max pool, conv 5x5 (50) -> BN -> ReLU -> max pool, dense 500 -> BN -> ReLU, dense
+    num_classes. Hidden layers have no bias (BN's shift takes its place). Unpadded on 28x28 inputs (800
+    features before the dense layer); padded for small inputs such as 8x8 digits. `width` scales 20/50/500.
+    Use as ``--model lowloss.variational:lenet5_ref``."""
+    c = input_shape[0]
+    c1, c2, f1 = (max(1, int(round(k * width))) for k in (20, 50, 500))
+    pad1 = 2 if min(input_shape[1:]) < 16 else 0
+    s1 = [(k + 2 * pad1 - 4) // 2 for k in input_shape[1:]]
+    pad2 = 2 if min(s1) < 8 else 0
+    s2 = [(k + 2 * pad2 - 4) // 2 for k in s1]
+    if min(s2) < 1:
+        raise LowlossError(f"input {tuple(input_shape)} is too small for lenet5_ref")
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 5, padding=pad1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=pad2, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(c2 * s2[0] * s2[1], f1, bias=False),
+        nn.BatchNorm1d(f1), nn.ReLU(), nn.Linear(f1, num_classes))
+
+
 __all__ = ["POSTERIORS", "MODES", "K1", "K2", "K3", "kl_log_uniform", "kl_log_uniform_mc", "VariationalLinear",
            "VariationalConv2d", "variational_from", "to_variational", "select_layers", "convertible_layers",
            "variational_layers", "kl_divergence",
-           "set_mode", "prediction_mode", "layer_statistics"]
+           "set_mode", "prediction_mode", "layer_statistics", "log_alpha_per_layer", "LeNet5BN", "lenet5_bn", "lenet5_ref"]

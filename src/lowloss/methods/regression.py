@@ -1,131 +1,196 @@
-"""1-D regression uncertainty (Izmailov et al. 2019; the simplex paper's Figure 10, METHODS.md 6).
+"""1-D regression uncertainty: predictive bands of ESPRO, deep ensembles and SWAG (Izmailov et al. 2019; the
+simplex paper's Figure 10).
 
-Data: :func:`lowloss.data.load_regression1d` (a random two-layer tanh net at three clusters of inputs plus
-N(0, 0.1^2) noise; test inputs span [-3, 3], between and beyond the clusters). Model: a small ReLU MLP with
-a Gaussian likelihood of fixed sigma = 0.1; its NLL is MSE / (2 sigma^2) + const, so every trainer here
-minimises the MSE (the same minimisers; weight decay and the simplex volume term are relative to the MSE).
+Data: the 1-D toy (a random two-layer tanh net at three clusters of inputs plus N(0, 0.1^2) noise; test
+inputs span [-3, 3], between and beyond the clusters). Model: a small ReLU MLP with a Gaussian likelihood of
+fixed sigma = 0.1; its NLL is MSE / (2 sigma^2) + const, so every trainer here minimises the MSE (the same
+minimisers; weight decay and the simplex volume term are relative to the MSE).
 
-Methods, each a set of functions f_m (members):
+Methods (--method), each a set of functions f_m (members):
 
-* ``ensemble``: `modes` independently initialised networks (full-batch Adam, cosine schedule).
-* ``swag``: SWAG (:mod:`lowloss.methods.swag`) from the first mode, `samples` draws.
-* ``espro``: one simplex of `vertices` vertices grown from each of the first `espro_modes` modes with
-  :func:`lowloss.methods.spro.grow_complex` (SPRO: expected MSE over the simplex minus lambda log volume),
-  `samples` draws in all.
+* ensemble: --modes independently initialised networks (full-batch Adam, cosine learning rate), each a
+  run in OUT/modes/mode_<i>.
+* swag: SWAG (`lowloss swag`) from the first mode in OUT/swag, --samples draws.
+* espro: one simplex of --vertices vertices grown by SPRO (expected MSE over the simplex minus lambda log
+  volume) from each of the first --espro-modes modes, in OUT/espro/simplex_<i>; --samples draws in all.
 
-Predictive distribution: mean = (1/M) sum f_m, variance = Var_m f_m + sigma^2 (the "std includes the noise").
-Scores on the test points: ``test_ll`` (log density of that Gaussian, per point), ``test_ll_mixture`` (the
-exact mixture (1/M) sum N(y; f_m, sigma^2)), ``rmse``.
+Predictive distribution: mean = (1/M) sum f_m, variance = Var_m f_m + sigma^2 (the std includes the noise).
+Scores on the test points: test_ll (log density of that Gaussian, per point), test_ll_mixture (the exact
+mixture (1/M) sum N(y; f_m, sigma^2)), rmse. Writes OUT/run.json (the scores and the mean epistemic std near
+and away from the data), OUT/bands.safetensors (the bands on a grid) and OUT/regression.png (predictive mean
+and +-2 std bands over the data and the true function). The networks are tiny: the CPU is the fastest device.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from .. import metrics as M
 from .. import params as P
-from ..utils import LowlossError, echo, read_json, versions, write_json
+from ..config import option, replace, require
+from ..data import load_dataset, regression_truth
+from ..engine.schedules import lr_schedule
+from ..engine.train import Trainer, supervised_loss
+from ..rundir import MODEL_FILE, RunDir, build_from_config, load_run, read_result, run_method
+from ..utils import echo, resolve_device, torch_threads
+from . import swag
+from .spro import (
+    PROGRESS_FILE,
+    SIMPLEX_FILE,
+    SproConfig,
+    grow_complex,
+    load_complex,
+    sample_vectors,
+    save_complex,
+)
 
 METHODS = ("espro", "ensemble", "swag")
+INPUTS = None  # trains its own modes
+BANDS_FILE = "bands.safetensors"
+MODE_CHECKPOINT_EVERY = 100  # epochs (one full-batch step each) between checkpoints of a mode
+SWAG_MOMENTUM = 0.9
+
+
+def method_list(value) -> tuple[str, ...]:
+    """--method values (repeatable) in the order of METHODS; none given: all of them."""
+    given = (value,) if isinstance(value, str) else tuple(value or ())
+    return tuple(m for m in METHODS if m in given) + tuple(m for m in given if m not in METHODS) if given else METHODS
 
 
 @dataclass
-class RegressionConfig:
-    methods: tuple = METHODS
-    widths: str = "50,50"
-    modes: int = 5              # deep-ensemble size
-    epochs: int = 2000          # full-batch Adam steps per mode
-    lr: float = 0.01
-    wd: float = 1e-4
-    espro_modes: int = 3        # simplexes in the ESPRO ensemble (grown from the first modes)
-    vertices: int = 3           # vertices per simplex, the mode included
-    vertex_epochs: int = 200    # SPRO epochs per added vertex
-    vertex_lr: float = 0.01
-    lmbda: float = 1e-6
-    swag_epochs: int = 100
-    swag_lr: float = 0.01
-    samples: int = 30           # members drawn from SWAG / from the ESPRO simplexes (in all)
-    batch_size: int = 40
-    data_seed: int = 0
+class Config:
+    """The 1-D toy's methods and their training."""
+
+    method: tuple[str, ...] = option(METHODS, f"Method to fit and draw, repeatable: {', '.join(METHODS)} "
+                                              "(default: all).", multiple=True, metavar="METHOD", parse=method_list)
+    widths: str = option("50,50", "Hidden widths of the ReLU MLP.")
+    modes: int = option(5, "Deep-ensemble size.")
+    epochs: int = option(2000, "Full-batch Adam steps per mode (one per epoch), cosine learning rate.")
+    lr: float = option(0.01, "Adam learning rate of the modes.")
+    wd: float = option(1e-4, "Weight decay (modes, SWAG, simplexes).")
+    espro_modes: int = option(3, "Simplexes in the ESPRO ensemble, one grown from each of the first modes.")
+    vertices: int = option(3, "Vertices per ESPRO simplex, the mode included.")
+    vertex_epochs: int = option(200, "SPRO epochs per added vertex.")
+    vertex_lr: float = option(0.01, "SPRO learning rate (SGD).")
+    lmbda: float = option(1e-6, "SPRO volume-regulariser LAMBDA.")
+    swag_epochs: int = option(100, "SWAG epochs.")
+    swag_lr: float = option(0.01, "SWAG constant learning rate.")
+    samples: int = option(30, "Members drawn from SWAG and from the ESPRO simplexes (in all).")
+    batch_size: int = option(40, "Minibatch size of SWAG and SPRO.")
+    data_seed: int = option(0, "Seed of the toy data and its true function.")
     seed: int = 0
-    noise: float = 0.1
+    noise: float = option(0.1, "sigma of the Gaussian likelihood.", cli=False)
+    device: str = option("cpu", "Device of the networks (they are tiny: the CPU is fastest).")
 
     def check(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise LowlossError(f"--method {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
-        if self.modes < 1 or self.espro_modes < 1 or self.vertices < 2 or self.samples < 1:
-            raise LowlossError("--modes, --espro-modes and --samples must be >= 1 and --vertices >= 2")
-        if "espro" in self.methods and self.espro_modes > self.modes:
-            raise LowlossError(f"--espro-modes {self.espro_modes} exceeds --modes {self.modes}")
+        self.method = method_list(self.method)
+        bad = [m for m in self.method if m not in METHODS]
+        require(bool(self.method) and not bad,
+                f"--method {','.join(bad) or '(none)'}: choose from {', '.join(METHODS)}")
+        require(self.modes >= 1 and self.espro_modes >= 1 and self.vertices >= 2 and self.samples >= 1,
+                "--modes, --espro-modes and --samples must be >= 1 and --vertices >= 2")
+        require("espro" not in self.method or self.espro_modes <= self.modes,
+                f"--espro-modes {self.espro_modes} exceeds --modes {self.modes}")
+        require(self.epochs >= 1 and self.vertex_epochs >= 1 and self.swag_epochs >= 1,
+                "--epochs, --vertex-epochs and --swag-epochs must be >= 1")
+        require(self.lr > 0 and self.vertex_lr > 0 and self.swag_lr > 0, "learning rates must be positive")
+        require(self.wd >= 0 and self.lmbda >= 0 and self.noise > 0,
+                "--wd and --lmbda must be >= 0 and the noise positive")
+        require(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
 
 
-def full_batch_config(data: str, widths: str, epochs: int, lr: float, wd: float, seed: int, data_seed: int) -> dict:
-    """A lowloss run config for a full-batch Adam mode (so load_run / SWAG / simplexes can open it)."""
-    return {"data": data, "model": "mlp", "model_options": {"widths": widths}, "epochs": epochs, "lr": lr,
-            "momentum": 0.9, "wd": wd, "batch_size": 40, "schedule": "cosine", "seed": seed, "data_seed": data_seed,
-            "data_dir": None, "device": "cpu", "optimizer": "adam, full batch, cosine (lowloss regression/spirals)"}
+# ----------------------------------------------------------------------------------------------- full-batch modes
+@dataclass
+class ModeConfig:
+    """One full-batch mode: an MLP with hidden `widths` trained with Adam on the whole training set at once
+    (one step per epoch), cosine learning rate from `lr`, weight decay `wd` (Adam's L2 term, the gradient of
+    wd/2 ||w||^2). The regression and spirals methods set every field from their own Config."""
+
+    data: str
+    widths: str
+    epochs: int
+    lr: float
+    wd: float
+    seed: int
+    data_seed: int
+    device: str
+
+    def check(self) -> None:
+        require(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
+        require(self.lr > 0, f"--lr must be positive (got {self.lr})")
+        require(self.wd >= 0, f"--wd must be >= 0 (got {self.wd})")
 
 
-def train_full_batch(config: dict, out: Path, quiet: bool = True) -> Path:
-    """Train an MLP mode with full-batch Adam on the task's loss (MSE or cross-entropy) + wd/2 ||w||^2, with a
-    cosine learning rate; write a run directory (model.safetensors, run.json). Reused when already there."""
-    from ..data import load_dataset
-    from ..models import build_model
-    from ..rundir import MODEL_FILE
-    from ..rundir import RESULT_FILE as RUN_FILE
-    from ..rundir import save_tensors as save_state
+def mode_architecture(config: ModeConfig) -> dict:
+    return {"model": "mlp", "model_options": {"widths": config.widths}, "data": config.data,
+            "data_seed": config.data_seed, "data_dir": None, "device": config.device}
 
-    out = Path(out)
-    if (out / RUN_FILE).exists() and (out / MODEL_FILE).exists():
-        if read_json(out / RUN_FILE)["config"] != config:
-            raise LowlossError(f"{out} holds a mode trained with another configuration; choose a new --out")
-        return out
-    data = load_dataset(config["data"], seed=config["data_seed"])
-    torch.manual_seed(config["seed"])
-    model = build_model("mlp", data.input_shape, data.num_classes, config["model_options"])
-    steps = config["epochs"]
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    x, y = data.train.x, data.train.y
 
-    def task_loss():
-        o = model(x)
-        return torch.nn.functional.cross_entropy(o, y) if data.num_classes else torch.nn.functional.mse_loss(o, y)
+def fit_mode(config: ModeConfig, inputs, run_dir: RunDir, *, quiet: bool = False,
+             stop_after_epochs: int | None = None) -> dict:
+    """Train a full-batch mode into `run_dir` (model.safetensors and an ordinary network run.json); with
+    `stop_after_epochs` it stops there, resumable from the last checkpoint."""
+    arch = mode_architecture(config)
+    device = resolve_device(config.device)
+    data = load_dataset(config.data, seed=config.data_seed)
+    torch.manual_seed(config.seed)
+    model, data = build_from_config(arch, data, device)
+    classification = data.num_classes > 0
+    task_loss = supervised_loss(model, classification)
+    params = list(model.parameters())
 
+    def loss_fn(x, y, step):  # the task loss plus wd/2 ||w||^2
+        loss, correct = task_loss(x, y, step)
+        return loss + 0.5 * config.wd * sum(p.pow(2).sum() for p in params), correct
+
+    trainer = Trainer(dict(model.named_parameters()), loss_fn, data.train, epochs=config.epochs,
+                      batch_size=len(data.train), lr=lr_schedule("cosine", config.lr, config.epochs),
+                      optimizer="adam", shuffle=False, augment=False,
+                      checkpoint_every=MODE_CHECKPOINT_EVERY, generator=torch.Generator().manual_seed(config.seed),
+                      device=device, run_dir=run_dir.path, quiet=quiet, desc=f"mode {run_dir.path.name}")
     t0 = time.time()
-    for _ in range(steps):
-        reg = 0.5 * config["wd"] * sum(p.pow(2).sum() for p in model.parameters())
-        loss = task_loss() + reg
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    trainer.run(resume=run_dir.resuming, stop_after_epochs=stop_after_epochs)
+    if trainer.state.epoch < config.epochs:  # stopped early on purpose: the checkpoint resumes it
+        run_dir.release()
+        return {"stopped_after_epoch": trainer.state.epoch}
     with torch.no_grad():
-        final = float(task_loss())
-    save_state(out / MODEL_FILE, model.state_dict(), {"model": "mlp", "data": config["data"]})
-    write_json(out / RUN_FILE, {"config": config, "seed": config["seed"], "versions": versions(),
-                                "data": data.describe(), "num_params": P.num_params(model),
-                                "final": {"train": {"loss": final}}, "train_seconds": time.time() - t0})
-    echo(f"mode {out.name}: train loss {final:.4f}", quiet)
-    return out
+        final = float(task_loss(data.train.x, data.train.y, trainer.step)[0])
+    run_dir.save_tensors(MODEL_FILE, model.state_dict(), {"model": "mlp", "data": config.data})
+    echo(f"mode {run_dir.path.name}: train loss {final:.4f}", quiet)
+    return run_dir.finish({"seed": config.seed, "data": data.describe(), "num_params": P.num_params(model),
+                           "history": trainer.state.history, "final": {"train": {"loss": final}},
+                           "train_seconds": time.time() - t0}, model=arch)
 
 
-def train_mode_regression(cfg: RegressionConfig, seed: int, out: Path, quiet: bool = True) -> Path:
-    """One mode of the toy: full-batch Adam on the MSE (+ wd/2 ||w||^2), cosine learning rate."""
-    return train_full_batch(full_batch_config("regression1d", cfg.widths, cfg.epochs, cfg.lr, cfg.wd, seed,
-                                              cfg.data_seed), out, quiet)
+# run_method's view of a mode sub-run: recorded as a `train` run, so whatever opens a trained network opens it
+FULL_BATCH_MODE = SimpleNamespace(__name__="lowloss.methods.train", fit=fit_mode)
 
 
+def train_mode(config: ModeConfig, out: str | Path, *, resume: bool = False, quiet: bool = False,
+               stop_after_epochs: int | None = None) -> Path:
+    """The mode of `config` in the run directory `out` (trained there unless it is finished)."""
+    run_method(FULL_BATCH_MODE, config, None, out, resume=resume, quiet=quiet, stop_after_epochs=stop_after_epochs)
+    return Path(out)
+
+
+def mode_config(config, data: str, seed: int) -> ModeConfig:
+    """The full-batch mode of a method Config with widths, epochs, lr, wd, data_seed and device."""
+    return ModeConfig(data=data, widths=config.widths, epochs=config.epochs, lr=config.lr, wd=config.wd, seed=seed,
+                      data_seed=config.data_seed, device=config.device)
+
+
+# ----------------------------------------------------------------------------------------------- scores
 @torch.no_grad()
 def _functions(model, vectors, x: torch.Tensor) -> np.ndarray:
-    return np.stack([P.functional_forward(model, v, x).reshape(-1).double().numpy() for v in vectors])
+    return np.stack([P.functional_forward(model, v, x).reshape(-1).double().cpu().numpy() for v in vectors])
 
 
 def predictive(funcs_test: np.ndarray, y: np.ndarray, noise: float) -> dict:
@@ -137,105 +202,113 @@ def predictive(funcs_test: np.ndarray, y: np.ndarray, noise: float) -> dict:
     return {**m, "test_ll_mixture": float(mix.mean())}
 
 
-def _run_regression(cfg: RegressionConfig, out, *, quiet: bool = False) -> dict:
-    """Train what the methods need (resumable per mode / SWAG / simplex), evaluate, write regression.json
-    and regression.png."""
-    from ..data import regression_truth
-    from ..plots.uncertainty import plot_regression
-    from ..rundir import load_run
+# ----------------------------------------------------------------------------------------------- the method
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
+    """Train what the methods need (modes, SWAG and simplexes kept under OUT), score them, save the bands.
+    Runs with one intra-op thread: these networks are tiny, and on a shared machine extra threads only add
+    synchronisation overhead (restored afterwards)."""
+    with torch_threads(1):
+        return _fit(config, run_dir, quiet)
 
-    cfg.check()
-    out = Path(out)
-    record = asdict(cfg)
-    record["methods"] = list(cfg.methods)
-    if (out / "config.json").exists() and read_json(out / "config.json") != record:
-        raise LowlossError(f"{out} holds a regression run with another configuration; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", record)
+
+def _fit(config: Config, run_dir: RunDir, quiet: bool) -> dict:
     t0 = time.time()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_modes = cfg.modes if "ensemble" in cfg.methods else (cfg.espro_modes if "espro" in cfg.methods else 1)
-    mode_dirs = [train_mode_regression(cfg, cfg.seed + i, out / "modes" / f"mode_{i}", quiet) for i in range(n_modes)]
-    base = load_run(mode_dirs[0], device="cpu")
+    device = resolve_device(config.device)
+    gen = torch.Generator().manual_seed(config.seed)
+    methods = config.method
+    n_modes = config.modes if "ensemble" in methods else (config.espro_modes if "espro" in methods else 1)
+    mode_dirs = [train_mode(mode_config(config, "regression1d", config.seed + i), run_dir.sub(f"modes/mode_{i}"),
+                            resume=run_dir.resuming, quiet=quiet) for i in range(n_modes)]
+    base = load_run(mode_dirs[0], device=device)
     model, data = base.model, base.data
     members: dict[str, list[torch.Tensor]] = {}
     info: dict = {}
-    if "ensemble" in cfg.methods:
-        members["ensemble"] = [load_run(d, device="cpu", data=data).vector for d in mode_dirs]
-    if "swag" in cfg.methods:
-        from .swag import SWAGConfig, run_swag, swag_predictor
-
-        scfg = SWAGConfig(epochs=cfg.swag_epochs, lr=cfg.swag_lr, momentum=0.9, wd=cfg.wd, batch_size=cfg.batch_size,
-                          seed=cfg.seed, device="cpu")
-        res = run_swag(mode_dirs[0], scfg, out / "swag", quiet=quiet, evaluate=False,
-                       resume=(out / "swag" / "checkpoint.safetensors").exists())
-        pred = swag_predictor(out / "swag", device="cpu", samples=cfg.samples)
+    if "ensemble" in methods:
+        members["ensemble"] = [load_run(d, device=device, data=data).vector for d in mode_dirs]
+    if "swag" in methods:
+        sdir = run_dir.sub("swag")
+        scfg = swag.Config(epochs=config.swag_epochs, lr=config.swag_lr, momentum=SWAG_MOMENTUM, wd=config.wd,
+                           batch_size=config.batch_size, seed=config.seed, device=config.device, evaluate=False)
+        res = run_method(swag, scfg, [str(mode_dirs[0])], sdir, resume=run_dir.resuming, quiet=quiet, data=data)
+        pred = swag.load(sdir, device=device, samples=config.samples)
         members["swag"] = [v for v, _ in pred.members(gen)]
-        info["swag"] = {"n_models": res.get("n_models"), "scale": pred.info.get("scale"), "dir": str(out / "swag")}
-    if "espro" in cfg.methods:
-        members["espro"], info["espro"] = _espro_members(cfg, mode_dirs[:cfg.espro_modes], out, gen, quiet)
+        info["swag"] = {"n_models": res.get("n_models"), "scale": pred.info.get("scale"), "dir": str(sdir)}
+    if "espro" in methods:
+        members["espro"], info["espro"] = espro_members(config, mode_dirs[:config.espro_modes], run_dir, gen, quiet)
     # evaluation
     grid = np.linspace(-3.0, 3.0, 400)
-    truth_fn = regression_truth(cfg.data_seed)
-    xg = torch.from_numpy(grid.astype(np.float32)).reshape(-1, 1)
-    xt, yt = data.test.x, data.test.y.reshape(-1).double().numpy()
-    results, panels = {}, {}
+    truth = regression_truth(config.data_seed)(grid)
+    xg = torch.from_numpy(grid.astype(np.float32)).reshape(-1, 1).to(device)
+    xt, yt = data.test.x, data.test.y.reshape(-1).double().cpu().numpy()
+    clusters = data.meta.get("clusters", [])
+    between = (np.abs(grid[:, None] - np.asarray(clusters)[None]).min(1) > 0.6 if clusters
+               else np.zeros_like(grid, bool))
+    results = {}
+    bands = {"train_x": data.train.x.reshape(-1), "train_y": data.train.y.reshape(-1),
+             "grid": torch.from_numpy(grid), "truth": torch.from_numpy(truth)}
     for name in (m for m in METHODS if m in members):
         vecs = members[name]
         ft, fg = _functions(model, vecs, xt), _functions(model, vecs, xg)
-        score = predictive(ft, yt, cfg.noise)
-        clusters = data.meta.get("clusters", [])
-        between = np.abs(grid[:, None] - np.asarray(clusters)[None]).min(1) > 0.6 if clusters else np.zeros_like(grid, bool)
+        score = predictive(ft, yt, config.noise)
         epi = fg.std(0)
         results[name] = {**score, "members": len(vecs),
                          "mean_epistemic_std": {"near_data": float(epi[~between].mean()),
                                                 "away_from_data": float(epi[between].mean()) if between.any() else None},
                          **info.get(name, {})}
-        panels[name] = {"mean": fg.mean(0), "std": np.sqrt(fg.var(0) + cfg.noise ** 2), "epistemic_std": epi,
-                        "functions": fg[:8], **score}
+        bands.update({f"{name}/mean": torch.from_numpy(fg.mean(0)),
+                      f"{name}/std": torch.from_numpy(np.sqrt(fg.var(0) + config.noise ** 2)),
+                      f"{name}/epistemic_std": torch.from_numpy(epi), f"{name}/functions": torch.from_numpy(fg[:8])})
         echo(f"{name:9s} test log-lik {score['test_ll']:.4f} (mixture {score['test_ll_mixture']:.4f}), "
              f"rmse {score['rmse']:.4f}, {len(vecs)} members", quiet)
-    result = {"config": record, "versions": versions(), "data": data.describe(), "noise_sigma": cfg.noise,
-              "results": results, "seconds": time.time() - t0,
-              "note": "test_ll: Gaussian with the members' mean and variance + sigma^2; test_ll_mixture: exact "
-                      "equal-weight mixture of N(f_m, sigma^2); epistemic std averaged near the clusters and "
-                      "more than 0.6 away from every cluster"}
-    write_json(out / "regression.json", result)
-    plot_regression(data.train.x.reshape(-1).numpy(), data.train.y.reshape(-1).numpy(), grid, truth_fn(grid), panels,
-                    out / "regression.png")
-    return result
+    run_dir.save_tensors(BANDS_FILE, bands)
+    progress = tuple(f"espro/simplex_{i}/{PROGRESS_FILE}" for i in range(config.espro_modes if "espro" in methods else 0))
+    return run_dir.finish({"data": data.describe(), "noise_sigma": config.noise, "results": results,
+                           "seconds": time.time() - t0, "bands": BANDS_FILE,
+                           "note": "test_ll: Gaussian with the members' mean and variance + sigma^2; test_ll_mixture: "
+                                   "exact equal-weight mixture of N(f_m, sigma^2); epistemic std averaged near the "
+                                   "clusters and more than 0.6 away from every cluster"}, remove=progress)
 
 
-def _espro_members(cfg: RegressionConfig, mode_dirs, out: Path, gen: torch.Generator, quiet: bool):
-    """Grow (or reopen) one simplex per mode; `samples` draws spread over the simplexes."""
-    from ..rundir import load_run
-    from .spro import SIMPLEX_FILE, SproConfig, grow_complex, load_complex, sample_vectors, save_complex
-
-    scfg = SproConfig(epochs=cfg.vertex_epochs, lr=cfg.vertex_lr, lmbda=cfg.lmbda, wd=cfg.wd,
-                      batch_size=cfg.batch_size)
-    per = max(1, -(-cfg.samples // len(mode_dirs)))
+def espro_members(config: Config, mode_dirs, run_dir: RunDir, gen: torch.Generator, quiet: bool):
+    """Grow one simplex per mode in OUT/espro/simplex_<i> (resuming continues from the vertices already
+    grown, kept in its progress.safetensors); `samples` draws spread over the simplexes."""
+    device = resolve_device(config.device)
+    scfg = SproConfig(epochs=config.vertex_epochs, lr=config.vertex_lr, lmbda=config.lmbda, wd=config.wd,
+                      batch_size=config.batch_size)
+    per = max(1, -(-config.samples // len(mode_dirs)))
     vecs, logs = [], []
     for i, d in enumerate(mode_dirs):
-        sdir = out / "espro" / f"simplex_{i}"
-        if not (sdir / SIMPLEX_FILE).exists():
-            run = load_run(d, device="cpu")
-            grown = grow_complex(run.model, run.data, [run.vector], [tuple(range(cfg.vertices))], cfg.vertices - 1,
-                                 scfg, seed=cfg.seed + i, out=None, quiet=quiet, desc=f"espro simplex {i}")
-            sdir.mkdir(parents=True, exist_ok=True)
-            save_complex(sdir / SIMPLEX_FILE, grown.complex, [d])
-            write_json(sdir / "simplex_log.json", {"logs": grown.logs})
-        cplx, _ = load_complex(sdir, device="cpu")
+        sdir = run_dir.sub(f"espro/simplex_{i}")
+        run = load_run(d, device=device)
+        grown = grow_complex(run.model, run.data, [run.vector], [tuple(range(config.vertices))], config.vertices - 1,
+                             scfg, seed=config.seed + i, out=sdir, resume=run_dir.resuming, quiet=quiet,
+                             desc=f"espro simplex {i}")
+        save_complex(sdir / SIMPLEX_FILE, grown.complex, [d])
+        run_dir.write_json(f"espro/simplex_{i}/simplex_log.json", {"logs": grown.logs})
+        cplx, _ = load_complex(sdir, device=device)
         with torch.no_grad():
             lv = float(cplx.log_volume())
         logs.append({"dir": str(sdir), "log_volume": lv})
         vecs.extend(list(sample_vectors(cplx, per, gen)))
-    return vecs, {"simplexes": logs, "samples_per_simplex": per, "spro": asdict(scfg)}
+    return vecs, {"simplexes": logs, "samples_per_simplex": per, "spro": dataclasses.asdict(scfg)}
 
 
-def run_regression(cfg, out, *, quiet: bool = False) -> dict:
-    """See the module docstring. Runs with one intra-op thread: these networks are tiny, and on a shared
-    machine extra threads only add synchronisation overhead (restored afterwards)."""
-    from ..utils import torch_threads
+def summary(result: dict) -> str:
+    return "\n".join(f"{name:9s} test log-lik {r['test_ll']:.4f}  mixture {r['test_ll_mixture']:.4f}  "
+                     f"rmse {r['rmse']:.4f}" for name, r in result["results"].items())
 
-    with torch_threads(1):
-        return _run_regression(cfg, out, quiet=quiet)
+
+def load(path: str | Path, device=None) -> dict:
+    """The scores of a finished regression run (run.json's contents: ``results`` per method)."""
+    return read_result(path, "regression")
+
+
+def run_regression(config: Config | None = None, out: str | Path = "runs/regression", *, resume: bool = False,
+                   quiet: bool = False, **overrides) -> dict:
+    """Python API: ``run_regression(out="runs/reg", method=("ensemble",), modes=3)``."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), None, out, resume=resume,
+                      quiet=quiet)
+
+
+__all__ = ["BANDS_FILE", "Config", "FULL_BATCH_MODE", "INPUTS", "METHODS", "ModeConfig", "espro_members", "fit",
+           "fit_mode", "load", "method_list", "mode_config", "predictive", "run_regression", "summary", "train_mode"]

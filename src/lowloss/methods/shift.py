@@ -1,63 +1,110 @@
-"""Dataset-shift benchmark (Ovadia et al. 2019 on CIFAR-10-C style corruptions, METHODS.md 6).
+"""Dataset-shift benchmark (Ovadia et al. 2019, CIFAR-10-C style corruptions) of ensembles of RUN...
 
-For every method (a :class:`~lowloss.methods.predictor.Predictor`) and every corruption x severity:
+Methods: single (one RUN), ensemble (all RUNs, when there are several), multiswa / multiswag (--swag:
+the ensemble of the SWAG means, and --samples draws in all spread over the SWAG posteriors), espro
+(--espro: --samples draws from each simplex). For every method and every corruption x severity:
 accuracy, NLL, ECE and Brier of the method's mean predictive distribution, with and without temperature
-scaling (T fitted once per method on clean calibration data, see :mod:`lowloss.methods.calibration`).
+scaling (T fitted once per method on clean calibration data, see `lowloss calibrate`).
 
-Work is cached: each corrupted split is made once and shared by all methods, and each method's member
-logits on it are written to ``DIR/cache/<method>/<corruption>_<severity>.safetensors`` (``single`` is
-member 0 of ``ensemble``, never recomputed). A rerun of the same command reuses the cache (an interrupted
-benchmark resumes where it stopped); a different configuration in the same DIR is refused.
+Writes OUT/run.json ({method: {corruption: {severity: {accuracy, nll, ece, brier}}}}, the same under
+"temperature_scaled", clean numbers under "clean", the setting under "info"), OUT/shift.png (box plots over
+corruptions per severity), OUT/corruptions.png (one test image under every corruption, from
+OUT/gallery.safetensors). Each corrupted split is made once and shared by all methods; each method's
+member logits on it are kept in OUT/cache/<method>/<corruption>_<severity>.safetensors (single is member
+0 of ensemble, never recomputed), so an interrupted benchmark continues with --resume where it stopped.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .. import metrics as M
-from ..corruptions import CORRUPTIONS, corrupt_split
-from ..rundir import save_tensors as save_state
-from ..utils import LowlossError, echo, progress, read_json, versions, write_json
-from .calibration import CalibrationPlan, fit_temperature, log_mean_probs, materialise, scaled_probs
-from .predictor import Predictor
+from ..config import option, replace, require
+from ..corruptions import (
+    CORRUPTIONS,
+    corrupt_pixels,
+    corrupt_split,
+    parse_corruptions,
+    parse_severities,
+    pixel_stats,
+)
+from ..rundir import RunDir, load_tensors, read_result, run_method, save_tensors
+from ..utils import echo, progress
+from . import swag
+from .calibrate import (
+    CalibrationPlan,
+    HeldOut,
+    calibration_plan,
+    fit_temperature,
+    log_mean_probs,
+    materialise,
+    same_data,
+    scaled_probs,
+)
+from .predictor import Predictor, ensemble_predictor, load_predictor, run_predictor
 
+INPUTS = {"metavar": "RUN...", "nargs": -1}
 METHOD_ORDER = ("single", "ensemble", "multiswa", "multiswag", "espro")
 METRICS = ("accuracy", "nll", "ece", "brier")
+GALLERY_FILE = "gallery.safetensors"
+CACHE_DIR = "cache"
+
+
+@dataclass
+class Config(HeldOut):
+    """The shift benchmark: which methods, which corruptions, where T is fitted."""
+
+    swag: tuple[str, ...] = option((), "SWAG or MultiSWAG run (lowloss swag), repeatable: adds multiswa (the SWAG "
+                                       "means) and multiswag (samples).", multiple=True, metavar="DIR")
+    espro: tuple[str, ...] = option((), "ESPRO run (lowloss espro) or simplex run (lowloss simplex), repeatable: "
+                                        "adds espro.", multiple=True, metavar="DIR")
+    corruptions: str = option("all", "'all' (every corruption that fits the images: saturate needs colour) or "
+                                     "names, comma-separated.")
+    severities: str = option("1-5", "Severities: 1-5, 3 or 1,3,5.")
+    samples: int = option(30, "MultiSWAG samples in all; ESPRO samples per simplex.")
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        self.swag = (self.swag,) if isinstance(self.swag, str) else tuple(str(p) for p in self.swag)
+        self.espro = (self.espro,) if isinstance(self.espro, str) else tuple(str(p) for p in self.espro)
+        parse_corruptions(self.corruptions)
+        parse_severities(self.severities)
+        require(self.samples >= 1, f"--samples must be >= 1 (got {self.samples})")
+        for flag, paths in (("--swag", self.swag), ("--espro", self.espro)):
+            for p in paths:
+                require(Path(p).is_dir(), f"{flag} {p} is not a directory")
 
 
 # ----------------------------------------------------------------------------------------------- methods
-def _swag_dirs(paths) -> list[Path]:
-    """SWAG directories from --swag arguments (a SWAG dir, or a MultiSWAG dir listing SWAG dirs)."""
-    from .swag import MULTI_FILE, SWAG_FILE, _member_path
-
+def swag_posteriors(paths) -> list[Path]:
+    """The SWAG posteriors of --swag runs: a SWAG run is one, a MultiSWAG run holds one per member."""
     out = []
     for p in map(Path, paths):
-        if (p / MULTI_FILE).exists():
-            out.extend(_member_path(p, m) for m in read_json(p / MULTI_FILE)["members"])
-        elif (p / SWAG_FILE).exists():
-            out.append(p)
+        info = read_result(p, "swag")
+        if info.get("kind") == "multiswag":
+            out.extend(p / m for m in info["members"])
         else:
-            raise LowlossError(f"--swag {p}: neither {SWAG_FILE} nor {MULTI_FILE} found (make one with lowloss swag)")
+            out.append(p)
     return out
 
 
 def swag_methods(paths, samples: int, generator: torch.Generator, device=None) -> dict[str, Predictor]:
-    """MultiSWA (the ensemble of the SWAG means, one per directory) and MultiSWAG (`samples` draws in all,
-    spread evenly over the directories), both with BN recomputed per member."""
-    from .swag import load_swag, swag_predictor
-
-    dirs = _swag_dirs(paths)
+    """MultiSWA (the ensemble of the SWAG means, one per posterior) and MultiSWAG (`samples` draws in all,
+    spread evenly over the posteriors, drawn posterior by posterior), both with BN recomputed per member."""
+    dirs = swag_posteriors(paths)
     per = max(1, -(-samples // len(dirs)))
     means, draws, model, data = [], [], None, None
     for d in dirs:
-        pred = swag_predictor(d, device=device, samples=per)
+        pred = swag.load(d, device=device, samples=per)
         model, data = pred.model, pred.data
-        tensors, _ = load_swag(d)
         p0 = next(iter(model.parameters()))
-        means.append((tensors["mean"].to(device=p0.device, dtype=p0.dtype), None))
+        means.append((pred.info["means"][0].to(device=p0.device, dtype=p0.dtype), None))
         draws.extend(pred.members(generator))
     return {"multiswa": Predictor(model, data, fixed=means, name=f"multiswa ({len(dirs)} SWAG means)"),
             "multiswag": Predictor(model, data, fixed=draws[:max(samples, len(dirs))],
@@ -65,45 +112,45 @@ def swag_methods(paths, samples: int, generator: torch.Generator, device=None) -
 
 
 def espro_method(paths, samples: int, device=None) -> Predictor:
-    """ESPRO from --espro directories (an espro dir with simplex_<i>/, or single simplex dirs): `samples`
-    members per simplex."""
-    from .predictor import load_predictor
-    from .spro import SIMPLEX_FILE
-
-    for p in map(Path, paths):
-        if not ((p / "espro.json").exists() or (p / SIMPLEX_FILE).exists()):
-            raise LowlossError(f"--espro {p}: neither espro.json nor {SIMPLEX_FILE} found (make one with lowloss espro "
-                               "or lowloss simplex)")
+    """ESPRO from --espro runs (an espro run with its simplexes, or single simplex runs): `samples` members
+    per simplex."""
+    for p in paths:
+        read_result(p, ("espro", "simplex"))
     preds = [load_predictor(p, device=device, members=samples) for p in paths]
     if len(preds) == 1:
         return preds[0]
+
     def sampler(n, generator):
         for p in preds:
             yield from p.sampler(p.num_samples, generator)
 
     return Predictor(preds[0].model, preds[0].data, sampler=sampler, num_samples=sum(p.num_samples for p in preds),
-                     name=f"espro ({len(preds)} dirs)")
+                     name=f"espro ({len(preds)} runs)")
 
 
 # ----------------------------------------------------------------------------------------------- cache
 class LogitCache:
-    """Member logits per (method, key) under DIR/cache, written atomically."""
+    """Member logits per (method, key) under a directory, written atomically in their own dtype (a cached
+    logit equals the computed one), or no cache (None)."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path | None):
+        self.root = Path(root) if root is not None else None
 
-    def path(self, method: str, key: str) -> Path:
-        return self.root / method / f"{key}.safetensors"
+    def path(self, method: str, key: str) -> Path | None:
+        return self.root / method / f"{key}.safetensors" if self.root is not None else None
+
+    def has(self, method: str, key: str) -> bool:
+        return self.root is not None and self.path(method, key).exists()
 
     def get(self, method: str, key: str):
-        p = self.path(method, key)
-        if not p.exists():
+        if not self.has(method, key):
             return None
-        t = load_file(str(p))
+        t, _ = load_tensors(self.path(method, key))
         return t["logits"], t["labels"]
 
     def put(self, method: str, key: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        save_state(self.path(method, key), {"logits": logits.float(), "labels": labels.long()})
+        if self.root is not None:
+            save_tensors(self.path(method, key), {"logits": logits, "labels": labels.long()})
 
 
 def _metrics(logits: torch.Tensor, y: torch.Tensor, t: float = 1.0) -> dict:
@@ -112,17 +159,12 @@ def _metrics(logits: torch.Tensor, y: torch.Tensor, t: float = 1.0) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
-def run_shift(methods: dict[str, Predictor], data, corruptions, severities, out, *, plan: CalibrationPlan,
-              config: dict, seed: int = 0, quiet: bool = False) -> dict:
+def run_shift(methods: dict[str, Predictor], data, corruptions, severities, cache: str | Path | None = None, *,
+              plan: CalibrationPlan, seed: int = 0, quiet: bool = False) -> dict:
     """The benchmark. `methods` maps names (METHOD_ORDER; "single" may be omitted: it is member 0 of
-    "ensemble") to predictors on `data`. Writes DIR/shift.json and returns it."""
-    out = Path(out)
-    cache = LogitCache(out / "cache")
-    cfg_path = out / "cache" / "config.json"
-    if cfg_path.exists() and read_json(cfg_path) != config:
-        raise LowlossError(f"{out} holds a shift benchmark with another configuration (runs, methods, split, "
-                           "samples or seed); choose a new --out")
-    write_json(cfg_path, config)
+    "ensemble") to predictors on `data`; member logits are cached under `cache` (and read from there when
+    present). Returns the result (see the module docstring)."""
+    cache = LogitCache(cache)
     gen = torch.Generator().manual_seed(seed)
     fixed = {}
     for name, pred in methods.items():
@@ -160,10 +202,9 @@ def run_shift(methods: dict[str, Predictor], data, corruptions, severities, out,
     result: dict = {name: {} for name in all_names}
     result["temperature_scaled"] = {name: {} for name in all_names}
     jobs = [(c, s) for c in corruptions for s in severities]
-    bar = progress(jobs, desc="shift", quiet=quiet, unit="setting")
-    for c, s in bar:
+    for c, s in progress(jobs, desc="shift", quiet=quiet, unit="setting"):
         key = f"{c}_{s}"
-        todo = [n for n in names if not cache.path(n, key).exists()]
+        todo = [n for n in names if not cache.has(n, key)]
         split = corrupt_split(plan.eval, data, c, s, seed=seed) if todo else None
         for name in all_names:
             src = derived.get(name, name)
@@ -174,15 +215,58 @@ def run_shift(methods: dict[str, Predictor], data, corruptions, severities, out,
     result["clean"] = {**clean, "temperature_scaled": clean_ts}
     result["info"] = {"methods": all_names, "members": members, "temperatures": temps, "temperature_notes": notes,
                       "corruptions": list(corruptions), "severities": list(severities), "seed": seed,
-                      "calibration": plan.info, "data": data.describe(), "config": config, "versions": versions(),
-                      "layout": "shift.json[method][corruption][severity] = {accuracy, nll, ece, brier}; the same "
-                                "under 'temperature_scaled'; clean (uncorrupted evaluation half) under 'clean'"}
-    write_json(out / "shift.json", result)
-    echo(f"wrote {out / 'shift.json'}", quiet)
+                      "calibration": plan.info, "data": data.describe(),
+                      "layout": "[method][corruption][severity] = {accuracy, nll, ece, brier}; the same under "
+                                "'temperature_scaled'; clean (uncorrupted evaluation half) under 'clean'"}
     return result
 
 
-def summary(result: dict, metric: str = "nll", temperature_scaled: bool = False) -> dict:
+def gallery(data, corruptions, seed: int = 0) -> dict[str, torch.Tensor] | None:
+    """The first test image ("clean", [C, H, W] in [0, 1]) and it under every corruption at severities 1-5
+    ("<corruption>/<severity>"); None when the test split is not held in memory."""
+    if not hasattr(data.test, "x"):
+        return None
+    mean, std = pixel_stats(data)
+    x0 = (data.test.x[:1].cpu().double() * std + mean).clamp(0, 1)
+    out = {"clean": x0[0]}
+    for c in corruptions:
+        for s in range(1, 6):
+            out[f"{c}/{s}"] = corrupt_pixels(x0, c, s, seed=seed)[0]
+    return out
+
+
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
+    """Run the benchmark (resuming from the cached logits); returns run.json's contents."""
+    runs = [str(r) for r in inputs]
+    require(len(runs) >= 1, "give at least one run directory")
+    device = config.device
+    severities = parse_severities(config.severities)
+    methods = {}
+    if len(runs) > 1:
+        methods["ensemble"] = ensemble_predictor(runs, device=device)
+    else:
+        methods["single"] = run_predictor(runs[0], device=device)
+    data = next(iter(methods.values())).data
+    require(len(data.input_shape) == 3,
+            f"the runs use {data.name}, not an image dataset; corruptions need [C, H, W] images")
+    names = parse_corruptions(config.corruptions, data.input_shape[0])
+    gen = torch.Generator().manual_seed(config.seed)
+    if config.swag:
+        methods.update(swag_methods(config.swag, config.samples, gen, device=device))
+    if config.espro:
+        methods["espro"] = espro_method(config.espro, config.samples, device=device)
+    same_data(methods)
+    plan = calibration_plan(data, config)
+    result = run_shift(methods, data, names, severities, run_dir.file(CACHE_DIR), plan=plan, seed=config.seed,
+                       quiet=quiet)
+    images = gallery(data, names, seed=config.seed)
+    if images is not None:
+        run_dir.save_tensors(GALLERY_FILE, images)
+        result["info"]["gallery"] = GALLERY_FILE
+    return run_dir.finish(result)
+
+
+def mean_over_corruptions(result: dict, metric: str = "nll", temperature_scaled: bool = False) -> dict:
     """{method: {severity: mean over corruptions of `metric`}}."""
     src = result["temperature_scaled"] if temperature_scaled else result
     out = {}
@@ -195,4 +279,27 @@ def summary(result: dict, metric: str = "nll", temperature_scaled: bool = False)
     return out
 
 
-__all__ = ["CORRUPTIONS", "METHOD_ORDER", "run_shift", "summary", "swag_methods", "espro_method", "LogitCache"]
+def summary(result: dict) -> str:
+    lines = []
+    for scaled in (False, True):
+        table = mean_over_corruptions(result, "nll", temperature_scaled=scaled)
+        lines.append(f"mean NLL over corruptions{' (temperature scaled)' if scaled else ''}:")
+        lines.append("  " + " " * 10 + "".join(f"{'sev ' + k:>9}" for k in next(iter(table.values()))))
+        lines.extend(f"  {name:<10}" + "".join(f"{v:>9.4f}" for v in row.values()) for name, row in table.items())
+    return "\n".join(lines)
+
+
+def load(path: str | Path, device=None) -> dict:
+    """The benchmark's numbers (run.json's contents; see the module docstring for the layout)."""
+    return read_result(path, "shift")
+
+
+def shift(inputs, config: Config | None = None, out: str | Path = "runs/shift", *, resume: bool = False,
+          quiet: bool = False, **overrides) -> dict:
+    """Python API: ``shift(["runs/m0", "runs/m1"], out="runs/shift", corruptions="gaussian_noise")``."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), list(inputs), out,
+                      resume=resume, quiet=quiet)
+
+
+__all__ = ["CORRUPTIONS", "Config", "INPUTS", "LogitCache", "METHOD_ORDER", "espro_method", "fit", "gallery", "load",
+           "mean_over_corruptions", "run_shift", "shift", "summary", "swag_methods", "swag_posteriors"]

@@ -10,7 +10,19 @@ import importlib
 from pathlib import Path
 
 # method -> "module:function"
-FIGURES: dict[str, str] = {}
+FIGURES: dict[str, str] = {
+    "budget": "lowloss.plots.budget:draw_budget",
+    "calibrate": "lowloss.plots.uncertainty:draw_calibration",
+    "shift": "lowloss.plots.uncertainty:draw_shift",
+    "regression": "lowloss.plots.uncertainty:draw_regression",
+    "spirals": "lowloss.plots.uncertainty:draw_spirals",
+    "vardrop": "lowloss.plots.vardrop:draw_vardrop",
+    "connect": "lowloss.plots.curves:draw_connect",
+    "plane": "lowloss.plots.plane:draw_plane",
+    "simplex": "lowloss.plots.simplex:draw_simplex",
+    "complex": "lowloss.plots.simplex:draw_complex",
+    "dimension": "lowloss.plots.simplex:draw_dimension",
+}
 
 
 def draw(method: str, result: dict, out) -> list[Path]:

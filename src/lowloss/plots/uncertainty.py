@@ -1,5 +1,9 @@
 """Figures of the uncertainty tools: reliability diagrams, dataset-shift box plots, a corruption gallery,
-1-D regression bands and two-spirals decision functions."""
+1-D regression bands and two-spirals decision functions.
+
+The ``draw_*`` functions are the figures of the calibrate, shift, regression and spirals runs: they read
+the run's run.json contents and the arrays it names.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rundir import load_tensors
 from . import plt, save_figure
 
 METHOD_COLOURS = {"single": "#4c72b0", "ensemble": "#dd8452", "multiswa": "#55a868", "multiswag": "#c44e52",
@@ -191,3 +196,50 @@ def plot_spirals(x, y, xx, yy, panels: list[tuple[str, np.ndarray]], path: str |
         ax.set_aspect("equal")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------- the runs' figures
+def draw_calibration(result: dict, out: Path) -> list[Path]:
+    """reliability.png of a calibrate run."""
+    plan = result["calibration"]
+    return [plot_reliability(result["results"], Path(out) / "reliability.png",
+                             title=f"reliability on {plan['eval_size']} held-out {result['data']['name']} examples; "
+                                   f"T fitted on {plan['calibration_size']} ({plan['source']})")]
+
+
+def draw_shift(result: dict, out: Path) -> list[Path]:
+    """shift.png of a shift run, and corruptions.png from the gallery it saved."""
+    out = Path(out)
+    paths = [plot_shift(result, out / "shift.png")]
+    name = result["info"].get("gallery")
+    if name:
+        images, _ = load_tensors(out / name)
+        gallery = {c: [images[f"{c}/{s}"].numpy() for s in range(1, 6)] for c in result["info"]["corruptions"]}
+        paths.append(plot_corruption_gallery(gallery, images["clean"].numpy(), out / "corruptions.png"))
+    return paths
+
+
+def draw_regression(result: dict, out: Path) -> list[Path]:
+    """regression.png of a regression run, from the bands it saved."""
+    out = Path(out)
+    bands, _ = load_tensors(out / result["bands"])
+    panels = {name: {"mean": bands[f"{name}/mean"].numpy(), "std": bands[f"{name}/std"].numpy(),
+                     "epistemic_std": bands[f"{name}/epistemic_std"].numpy(),
+                     "functions": bands[f"{name}/functions"].numpy(), **r}
+              for name, r in result["results"].items()}
+    return [plot_regression(bands["train_x"].numpy(), bands["train_y"].numpy(), bands["grid"].numpy(),
+                            bands["truth"].numpy(), panels, out / "regression.png")]
+
+
+def draw_spirals(result: dict, out: Path) -> list[Path]:
+    """spirals.png of a spirals run, from the decision functions it saved."""
+    out = Path(out)
+    t, _ = load_tensors(out / result["decision"])
+    g = t["grid"].numpy()
+    xx, yy = np.meshgrid(g, g)
+    panels = [(f"sample {i + 1}: train {s['train_accuracy']:.3f} test {s['test_accuracy']:.3f}",
+               t["samples"][i].reshape(xx.shape).numpy()) for i, s in enumerate(result["samples"])]
+    e = result["ensemble"]
+    panels.append((f"ensemble of {e['members']}: train {e['train_accuracy']:.3f} test {e['test_accuracy']:.3f}",
+                   t["ensemble"].reshape(xx.shape).numpy()))
+    return [plot_spirals(t["train_x"].numpy(), t["train_y"].numpy(), xx, yy, panels, out / "spirals.png")]

@@ -14,9 +14,25 @@ from pathlib import Path
 
 import torch
 
+from ..rundir import load_tensors
 from . import plt, save_figure
 
 VARIANCE_THRESHOLD = 3.0
+
+
+def draw_vardrop(result: dict, out: Path) -> list[Path]:
+    """``log_alpha.png`` of a vardrop run (one posterior, or the comparison of several): the per-layer log alpha
+    arrays its run.json names under ``log_alpha``."""
+    out = Path(out)
+    files = result["log_alpha"]
+    if isinstance(files, str):
+        files = {result["config"]["posterior"]: files}
+    stats = {}
+    for post, name in files.items():
+        tensors, meta = load_tensors(out / name)
+        stats[post] = {layer: tensors[layer] for layer in meta["layers"].split(",")}
+    cfg = result["config"]
+    return [plot_log_alpha(stats, out / "log_alpha.png", title=f"{cfg['model']} on {cfg['data']}")]
 
 
 def plot_log_alpha(stats: dict[str, dict[str, torch.Tensor]], path: str | Path, *, bins: int = 56,

@@ -1,32 +1,73 @@
-"""Temperature scaling and reliability of any :class:`~lowloss.methods.predictor.Predictor` (METHODS.md 6).
+"""Temperature scaling of runs and ensembles: T, accuracy, NLL, ECE and Brier before and after, reliability.
 
-One scalar T > 0 is fitted by minimising the NLL of softmax(log p / T) on held-out data (Guo et al. 2017),
-where log p is the log of the predictor's mean probabilities: for a single network this equals
-softmax(logits / T) (log-softmax differs from the logits by a per-example constant); for an ensemble it is
-the ensemble's log of mean probabilities, as METHODS.md asks.
+Every RUN is opened as a predictor (a trained network, FGE/SSE snapshots, SWAG / MultiSWAG, a simplex, ESPRO,
+a variational network); with several trained networks their deep ensemble is added. One scalar T > 0 is
+fitted per predictor by minimising the NLL of softmax(log p / T) on held-out data (Guo et al. 2017), where
+log p is the log of the predictor's mean probabilities: for a single network this equals softmax(logits / T)
+(log-softmax differs from the logits by a per-example constant); for an ensemble it is the ensemble's log of
+mean probabilities.
 
 Which held-out data? ``lowloss train`` trains on *all* of the train split, so a validation split carved
 from train holds examples the networks were fitted on: their NLL there is near zero and the fitted T is
 too small (sharpening, the wrong direction). The default is therefore ``test-half``: the test split is
 divided once, stratified by class with a fixed seed, into a *calibration half* (T is fitted there) and an
 *evaluation half* (every number "before/after" is measured there, never on data T saw). ``train`` (carve
-`size` examples from the train split) is available for models trained without those examples; with lowloss
-runs it is in-sample and the record says so.
+--val-size examples from the train split) is available for models trained without those examples; with
+lowloss runs it is in-sample and the record says so. When every calibration example is classified
+correctly T is not identifiable and T = 1 is kept, with a note.
+
+Writes OUT/run.json (per predictor: T, accuracy, NLL, ECE, Brier before and after, on the evaluation data
+and on the fitting data, and the per-bin reliability) and OUT/reliability.png.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import metrics as M
-from ..utils import LowlossError
-from .predictor import Predictor
+from ..config import option, replace, require
+from ..rundir import RunDir, read_result, run_method
+from ..utils import LowlossError, echo
+from .predictor import LOADERS, Predictor, ensemble_predictor, load_predictor
 
 VAL_SOURCES = ("test-half", "train")
+INPUTS = {"metavar": "RUN...", "nargs": -1}
+
+
+@dataclass
+class HeldOut:
+    """Where the temperature is fitted (the options calibrate and shift share)."""
+
+    val_source: str = option("test-half", "Where T is fitted. test-half: a fixed stratified half of the test split "
+                                          "(metrics on the other half); train: part of the train split (in-sample "
+                                          "for lowloss runs, which train on all of it).", choices=VAL_SOURCES)
+    val_size: int | None = option(None, "Examples used to fit T (default: half the test split, or 10% of train).")
+    val_seed: int = option(0, "Seed of the calibration split.")
+
+    def check(self) -> None:
+        require(self.val_source in VAL_SOURCES,
+                f"--val-source {self.val_source!r}: choose one of {', '.join(VAL_SOURCES)}")
+        require(self.val_size is None or self.val_size >= 1, f"--val-size must be >= 1 (got {self.val_size})")
+
+
+@dataclass
+class Config(HeldOut):
+    """Temperature scaling of predictors."""
+
+    samples: int = option(30, "Members drawn from sampled predictors (SWAG: samples, simplex/ESPRO: per simplex).")
+    ensemble: bool = option(True, "With several trained networks among the RUNs, add their deep ensemble.")
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        require(self.samples >= 1, f"--samples must be >= 1 (got {self.samples})")
 
 
 # ----------------------------------------------------------------------------------------------- splits
@@ -61,14 +102,17 @@ class CalibrationPlan:
     info: dict = field(default_factory=dict)
 
 
-def calibration_plan(data, source: str = "test-half", size: int | None = None, seed: int = 0) -> CalibrationPlan:
-    """Carve the calibration data. `test-half`: a stratified half of the test split (seed `seed`), the other
-    half is the evaluation set. `train`: `size` stratified examples of the train split (default 10%), the
-    evaluation set is the whole test split (in-sample for lowloss runs: recorded in `info`)."""
+def calibration_plan(data, held_out: HeldOut | None = None, **overrides) -> CalibrationPlan:
+    """Carve the calibration data (`held_out`: a :class:`HeldOut` or a method Config built on it; `overrides`
+    change its fields). `test-half`: a stratified half (or --val-size examples) of the test split, seed
+    --val-seed; the rest of the test split is the evaluation set. `train`: --val-size stratified examples of the
+    train split (default 10%), the evaluation set is the whole test split (in-sample for lowloss runs: recorded
+    in `info`)."""
+    held_out = replace(held_out or HeldOut(), **overrides)
+    held_out.check()
+    source, size, seed = held_out.val_source, held_out.val_size, held_out.val_seed
     from ..data import stratified_split
 
-    if source not in VAL_SOURCES:
-        raise LowlossError(f"--val-source {source!r}: choose one of {', '.join(VAL_SOURCES)}")
     if source == "test-half":
         y = split_labels(data.test).numpy()
         n_cal = size if size is not None else len(y) // 2
@@ -171,3 +215,82 @@ def calibrate_predictor(pred: Predictor, plan: CalibrationPlan, generator: torch
     res = calibrate_logits(log_mean_probs(lc), yc, log_mean_probs(le), ye)
     res["members"] = int(lc.shape[0])
     return res
+
+
+# ----------------------------------------------------------------------------------------------- the method
+def unique_names(paths) -> list[str]:
+    """The directory names of `paths`, made unique with #2, #3, ... (the predictors' names)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = Path(p).name or str(p)
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+def holds_one_network(path) -> bool:
+    """Whether `path` is a run that opens as one trained network (``train``, ``swa``): deep-ensemble material."""
+    return LOADERS.get(read_result(path).get("method", "")) == LOADERS["train"]
+
+
+def same_data(preds: dict[str, Predictor]) -> None:
+    """A one-line error unless every predictor uses the same data and test split as the first."""
+    first = next(iter(preds.values()))
+    for name, pr in preds.items():
+        if pr.data.name != first.data.name or len(pr.data.test) != len(first.data.test):
+            raise LowlossError(f"{name} uses data {pr.data.name} ({len(pr.data.test)} test examples), unlike "
+                               f"{first.data.name} ({len(first.data.test)}); all of them need the same data and "
+                               "split")
+
+
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
+    """Fit and measure the temperature of every predictor; returns run.json's contents."""
+    paths = [str(p) for p in inputs]
+    require(len(paths) >= 1, "give at least one run directory")
+    preds = {name: load_predictor(p, device=config.device, samples=config.samples, members=config.samples)
+             for name, p in zip(unique_names(paths), paths)}
+    plain = [p for p in paths if holds_one_network(p)]
+    if len(plain) > 1 and config.ensemble:
+        try:
+            preds[f"ensemble of {len(plain)}"] = ensemble_predictor(plain, device=config.device)
+        except LowlossError as e:  # different architectures cannot share one module
+            echo(f"no deep ensemble of the runs: {e}", quiet)
+    same_data(preds)
+    first = next(iter(preds.values()))
+    plan = calibration_plan(first.data, config)
+    results = {}
+    for name, pr in preds.items():
+        results[name] = calibrate_predictor(pr, plan, torch.Generator().manual_seed(config.seed), quiet=quiet)
+    return run_dir.finish({"paths": paths, "calibration": plan.info, "seed": config.seed, "samples": config.samples,
+                           "data": first.data.describe(), "results": results})
+
+
+def summary(result: dict) -> str:
+    lines = [f"T fitted on {result['calibration']['calibration_size']} examples ({result['calibration']['source']}), "
+             f"measured on {result['calibration']['eval_size']}"]
+    for name, r in result["results"].items():
+        b, a = r["before"], r["after"]
+        lines.append(f"  {name}: T={r['temperature']:.3f}  acc {b['accuracy']:.4f}  nll {b['nll']:.4f}->{a['nll']:.4f}  "
+                     f"ece {b['ece']:.4f}->{a['ece']:.4f}  brier {b['brier']:.4f}->{a['brier']:.4f}")
+        if r["note"]:
+            lines.append(f"    note: {r['note']}")
+    return "\n".join(lines)
+
+
+def load(path: str | Path, device=None) -> dict:
+    """The calibration results of a finished run: {predictor name: {temperature, before, after, ...}} under
+    ``results``, the split under ``calibration`` (run.json's contents)."""
+    return read_result(path, "calibration")
+
+
+def calibrate(inputs, config: Config | None = None, out: str | Path = "runs/calibrate", *, resume: bool = False,
+              quiet: bool = False, **overrides) -> dict:
+    """Python API: ``calibrate(["runs/m0", "runs/m1"], out="runs/cal", val_source="train")``."""
+    return run_method(sys.modules[__name__], replace(config or Config(), **overrides), list(inputs), out,
+                      resume=resume, quiet=quiet)
+
+
+__all__ = ["Config", "HeldOut", "INPUTS", "CalibrationPlan", "T_BOUNDS", "VAL_SOURCES", "calibrate",
+           "calibrate_logits", "calibrate_predictor", "calibration_plan", "fit", "fit_temperature", "load",
+           "log_mean_probs", "materialise", "scaled_probs", "summary"]
