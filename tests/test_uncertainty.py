@@ -201,7 +201,7 @@ def test_calibrate_command(tmp_path, digits):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "run.json").read_text())
-    assert res["method"] == "calibration" and set(res["results"]) == {"run0", "run1", "ensemble of 2"}
+    assert res["method"] == "calibrate" and set(res["results"]) == {"run0", "run1", "ensemble of 2"}
     assert res["calibration"]["calibration_size"] == 180
     for v in res["results"].values():
         assert v["before"]["accuracy"] == v["after"]["accuracy"]

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 
-
 RESULT = "run.json"
 _SAFE = {"all": all, "any": any, "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "zip": zip,
          "sorted": sorted, "isfinite": math.isfinite}

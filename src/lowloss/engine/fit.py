@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..params import Forward, functional_forward
 from .schedules import lr_schedule
 from .train import Trainer
-from ..params import Forward, functional_forward
 
 
 @dataclass

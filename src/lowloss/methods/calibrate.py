@@ -281,7 +281,7 @@ def summary(result: dict) -> str:
 def load(path: str | Path, device=None) -> dict:
     """The calibration results of a finished run: {predictor name: {temperature, before, after, ...}} under
     ``results``, the split under ``calibration`` (run.json's contents)."""
-    return read_result(path, "calibration")
+    return read_result(path, "calibrate")
 
 
 def calibrate(inputs, config: Config | None = None, out: str | Path = "runs/calibrate", *, resume: bool = False,
