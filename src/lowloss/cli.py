@@ -97,16 +97,23 @@ def config_from_options(config_cls, kw: dict):
     return config_cls(**values)
 
 
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages (errors still print).")
+
+
+def out_option(default: str):
+    return click.option("--out", type=click.Path(file_okay=False), default=default, show_default=True,
+                        help="Output run directory.")
+
+
 def run_options(name: str):
     """The options every method command shares: --out, --resume, --fresh, --no-plots, --quiet."""
 
     def deco(f):
-        @click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages (errors still print).")
+        @quiet_option
         @click.option("--no-plots", is_flag=True, help="Write the data files only, no figures.")
         @click.option("--fresh", is_flag=True, help="Discard what --out holds from an earlier run and start over.")
         @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-        @click.option("--out", type=click.Path(file_okay=False), default=f"runs/{name}", show_default=True,
-                      help="Output run directory.")
+        @out_option(f"runs/{name}")
         @functools.wraps(f)
         def wrapper(*a, **kw):
             return f(*a, **kw)

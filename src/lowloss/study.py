@@ -282,12 +282,9 @@ def _command(out, quiet, **kw):
 
 
 def _build_command() -> click.Command:
-    from .cli import config_options
+    from .cli import config_options, out_option, quiet_option
 
-    f = config_options(Settings)(_command)
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages (errors still print).")(f)
-    f = click.option("--out", type=click.Path(file_okay=False), default="runs/study", show_default=True,
-                     help="Study directory.")(f)
+    f = config_options(Settings)(out_option("runs/study")(quiet_option(_command)))
     return click.command(name="study", help=_command.__doc__)(f)
 
 

@@ -1,9 +1,9 @@
 """Train one network (a "mode"): the ordinary run every other method starts from.
 
 SGD with momentum and weight decay under an epoch schedule, on any model of the zoo or a user's
-``package.module:factory``. The run directory holds ``model.safetensors`` (the state dict: parameters and
-buffers) and ``run.json`` (config, the architecture under ``model``, history, final train/test metrics);
-an interrupted run continues exactly from ``checkpoint.safetensors``.
+package.module:factory. The run directory holds model.safetensors (the state dict: parameters and
+buffers) and run.json (config, the architecture under "model", history, final train/test metrics); an
+interrupted run continues exactly from checkpoint.safetensors with --resume.
 """
 
 from __future__ import annotations
