@@ -141,9 +141,9 @@ def method_command(name: str) -> click.Command:
         resume = resume or getattr(mod, "RESUME_BY_DEFAULT", False)  # e.g. a plane's saved chunks
         result = run(name, config, list(args) if args is not None else None, out, resume=resume, fresh=fresh,
                      quiet=quiet, plots=not no_plots)
-        line = mod.summary(result) if hasattr(mod, "summary") and result else ""
-        if line and not quiet:
-            click.echo(f"{out}: {line}")
+        text = (mod.summary(result) if hasattr(mod, "summary") and result else "").strip("\n")
+        if text and not quiet:
+            click.echo(f"{out}:\n{text}" if "\n" in text else f"{out}: {text}")
 
     f = config_options(mod.Config)(run_options(name)(callback))
     if inputs is not None:

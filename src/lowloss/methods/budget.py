@@ -72,15 +72,9 @@ def _int_list(value) -> tuple[int, ...]:
 
 
 @dataclass
-class Config:
+class Config(train_method.Network):
     """The comparison: data, architecture, budgets, seeds and each method's settings."""
 
-    data: str = _T.data
-    data_dir: str | None = None
-    data_seed: int = _T.data_seed
-    model: str = _T.model
-    model_options: dict = option(default_factory=dict, flag="--model-opt", metavar="KEY=VALUE", multiple=True,
-                                 parse=parse_options)
     budgets: tuple = option((1, 2, 3), "Budgets to compare, in units of one training run: --budgets 1,2,3.",
                             parse=_int_list)
     seeds: int = option(3, "Number of seeds (from --seed on).")

@@ -29,21 +29,15 @@ from .fge import collect_snapshots
 from .fge import summary as snapshot_summary
 from .predictor import Predictor
 from .train import Config as TrainConfig
-from .train import architecture
+from .train import Network, architecture
 
 INPUTS = None  # trains from scratch: no input runs
 
 
 @dataclass
-class Config:
+class Config(Network):
     """A snapshot ensemble from scratch: `cycles` cosine cycles of `cycle_epochs` epochs at peak lr `lr`."""
 
-    data: str = TrainConfig.data
-    data_dir: str | None = None
-    data_seed: int = TrainConfig.data_seed
-    model: str = TrainConfig.model
-    model_options: dict = option(default_factory=dict, flag="--model-opt", metavar="KEY=VALUE", multiple=True,
-                                 parse=parse_options)
     cycles: int = option(4, "Number of cycles = snapshots.")
     cycle_epochs: float = option(5.0, "Epochs per cosine cycle (20-40 in the paper on CIFAR).")
     lr: float = option(0.1, "a0: learning rate at each restart.")

@@ -26,8 +26,8 @@ INPUTS = None  # trains from scratch: no input runs
 
 
 @dataclass
-class Config:
-    """One ordinary training run."""
+class Network:
+    """The fields of every method that builds a network from scratch: its data and its architecture."""
 
     data: str = "digits"
     data_dir: str | None = None
@@ -35,6 +35,12 @@ class Config:
     model: str = "convnet"
     model_options: dict = option(default_factory=dict, flag="--model-opt", metavar="KEY=VALUE", multiple=True,
                                  parse=parse_options)
+
+
+@dataclass
+class Config(Network):
+    """One ordinary training run."""
+
     epochs: int = 20
     lr: float = 0.05
     momentum: float = 0.9
@@ -123,4 +129,4 @@ def train(config: Config | None = None, out: str | Path = "runs/mode", *, resume
                       quiet=quiet, data=data, stop_after_epochs=stop_after_epochs)
 
 
-__all__ = ["Config", "architecture", "fit", "load", "summary", "train"]
+__all__ = ["Config", "Network", "architecture", "fit", "load", "summary", "train"]

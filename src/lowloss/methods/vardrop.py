@@ -82,6 +82,7 @@ from ..variational import (
     to_variational,
     variational_layers,
 )
+from .train import Network
 
 INPUTS = None  # trains from scratch (or from --init)
 
@@ -96,19 +97,14 @@ KL_NOTE = ("KL to the log-uniform prior, Molchanov et al. (2017) approximation, 
 
 
 @dataclass
-class Config:
+class Config(Network):
     """Variational training runs (reference: Adam 1e-3 decayed linearly, 200 epochs, log alpha initialised
     at -5)."""
 
-    data: str = "digits"
-    data_dir: str | None = None
-    data_seed: int = 0
     model: str = option("lenet5", "mlp, convnet, lenet5, lowloss.variational:lenet5_ref (the 20-50-500 LeNet-5 "
                                   "with BatchNorm of the variance-network experiments), lowloss.variational:lenet5_bn "
                                   "(6-16-120-84 with BatchNorm) or package.module:factory; its nn.Linear/nn.Conv2d "
                                   "layers become variational.")
-    model_options: dict = option(default_factory=dict, flag="--model-opt", metavar="KEY=VALUE", multiple=True,
-                                 parse=parse_options)
     posterior: str = option("all", f"{', '.join(POSTERIORS)}, a comma-separated list, or all. weight/neuron/layer: "
                                    "N(mu, alpha mu^2) with alpha per weight/output unit/layer; additive: "
                                    "N(mu, sigma^2); variance: N(0, sigma^2) in the layers of --variance-layers; "
