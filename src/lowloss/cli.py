@@ -141,9 +141,9 @@ def method_command(name: str) -> click.Command:
         resume = resume or getattr(mod, "RESUME_BY_DEFAULT", False)  # e.g. a plane's saved chunks
         result = run(name, config, list(args) if args is not None else None, out, resume=resume, fresh=fresh,
                      quiet=quiet, plots=not no_plots)
-        text = (mod.summary(result) if hasattr(mod, "summary") and result else "").strip("\n")
-        if text and not quiet:
-            click.echo(f"{out}:\n{text}" if "\n" in text else f"{out}: {text}")
+        text = (mod.summary(result) if hasattr(mod, "summary") and result else "").rstrip()
+        if text.strip() and not quiet:  # a summary that starts on a new line is a table
+            click.echo(f"{out}:{text}" if text.startswith("\n") else f"{out}: {text}")
 
     f = config_options(mod.Config)(run_options(name)(callback))
     if inputs is not None:
