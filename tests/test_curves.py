@@ -410,3 +410,12 @@ def test_mismatched_runs_are_a_clear_error(tiny_runs, tmp_path, capsys):
     with pytest.raises(LowlossError, match="--t-per-batch"):
         run_method(C, C.Config(t_per_batch=100), [tiny_runs["a"], tiny_runs["b"]], tmp_path / "u", quiet=True)
     assert not (tmp_path / "u").exists()  # a bad config is refused before anything is written
+
+
+def test_top_level_connect_draws_the_figures(small, two_modes, tmp_path):
+    import lowloss
+
+    a, b = two_modes
+    res = lowloss.connect(SmallBNNet(), a, b, small, out=tmp_path / "c", epochs=1, points=3, quiet=True)
+    assert res.summary["curve"]["barrier"] == res.evaluation["summary"]["curve"]["barrier"]
+    assert (tmp_path / "c" / "curve.png").stat().st_size > 0 and (tmp_path / "c" / "ensemble.png").exists()

@@ -25,10 +25,14 @@ def __getattr__(name):  # the heavier API, imported on first use
         from . import rundir
 
         return getattr(rundir, name)
-    if name in ("connect", "load_curve"):
-        from .methods import connect
+    if name == "connect":
+        from .api import connect
 
-        return getattr(connect, name)
+        return connect
+    if name == "load_curve":
+        from .methods.connect import load_curve
+
+        return load_curve
     if name in ("train", "TrainConfig"):
         from .methods import train
 

@@ -66,4 +66,17 @@ def run(name: str, config=None, inputs=None, out: str | os.PathLike | None = Non
     return result
 
 
-__all__ = ["METHODS", "method_module", "run"]
+def connect(model, w_a, w_b, data, *, out=None, plots: bool = True, **kw):
+    """:func:`lowloss.methods.connect.connect` (a curve between two vectors of any module) that also draws
+    curve.png and ensemble.png into `out`, as ``lowloss connect`` does."""
+    from .methods.connect import connect as connect_vectors
+
+    res = connect_vectors(model, w_a, w_b, data, out=out, **kw)
+    if plots and out is not None:
+        from .plots.figures import draw
+
+        draw("connect", res.evaluation, out)
+    return res
+
+
+__all__ = ["METHODS", "connect", "method_module", "run"]
