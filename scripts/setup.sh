@@ -3,7 +3,8 @@
 #  * torch: kept if the python you run this with already has one (the venv then sees it through
 #    --system-site-packages); otherwise torch==2.13.0 is installed (a CPU build here; on a GPU machine
 #    install your own CUDA torch first).
-#  * --test also installs pytest and ruff.
+#  * --test also installs pytest, ruff and hypothesis, and (as root, with apt-get) Debian's `chromium` for
+#    the report's browser test when /usr/bin/chromium is missing (without it that test is skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,4 +22,13 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".${extras}"
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium for the report's browser test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: no /usr/bin/chromium (install Debian's chromium package); the browser test will be skipped" >&2
+  fi
+fi
 .venv/bin/python -c "import lowloss, torch; print(f'setup: lowloss {lowloss.__version__} with torch {torch.__version__}')" >&2

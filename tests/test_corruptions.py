@@ -61,6 +61,9 @@ def test_deterministic_shape_dtype_range_and_monotone(images, kind, name):
     if name == "saturate":
         # published CIFAR-10-C schedule: severities 1-2 desaturate (x0.3, x0.1), 3-5 oversaturate (x1.5 .. x2.5+0.2)
         assert dists[1] > dists[0] and dists[2] < dists[3] < dists[4]
+    elif name == "rotate":
+        # a turn is not monotone in pixel distance (180 degrees can land closer than 90); the angle is
+        assert list(C.ROTATE) == sorted(C.ROTATE) and C.ROTATE[-1] == 180 and min(dists) > 1e-3
     else:
         assert all(b >= a - 1e-9 for a, b in zip(dists, dists[1:])), f"{name}: distances {dists}"
         assert dists[-1] > dists[0]
@@ -134,3 +137,30 @@ def test_errors():
         C.corrupt_pixels(torch.zeros(1, 1, 8, 8), "fog", 6)
     with pytest.raises(LowlossError, match=r"\[N, C, H, W\]"):
         C.corrupt_pixels(torch.zeros(8, 8), "fog", 1)
+
+
+def test_rotate_is_a_turn_about_the_centre():
+    x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    x[0, 0, 1, 4] = 1.0  # a dot above the centre
+    half = C.corrupt_pixels(x, "rotate", 5)  # 180 degrees: below the centre
+    assert half[0, 0, 7, 4] > 0.99 and half[0, 0, 1, 4] < 1e-6
+    quarter = C.corrupt_pixels(x, "rotate", 3)  # 90 degrees: beside the centre
+    assert quarter[0, 0, 4, 1] > 0.99 or quarter[0, 0, 4, 7] > 0.99
+
+
+def test_signal_shifts_redraw_mnist1d_with_the_knobs_turned_up():
+    from lowloss.data import load_mnist1d
+
+    data = load_mnist1d()
+    assert C.shift_names("all", data) == list(C.SIGNAL_SHIFTS)
+    with pytest.raises(LowlossError):
+        C.shift_names("gaussian_noise", data)
+    split = C.shift_split(data.test.subset(50), data, "noise", 5, seed=1)
+    assert split.x.shape == (50, 1, 40) and split.y.shape == (50,)
+    assert torch.equal(split.x, C.shift_split(data.test.subset(50), data, "noise", 5, seed=1).x)
+    # more noise at a higher severity: the signals' spread grows
+    mild = C.shift_split(data.test.subset(200), data, "noise", 1).x.std()
+    hard = C.shift_split(data.test.subset(200), data, "noise", 5).x.std()
+    assert hard > mild
+    for name, settings in C.SIGNAL_SHIFTS.items():
+        assert len(settings) == 5, name

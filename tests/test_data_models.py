@@ -38,7 +38,7 @@ def test_stratified_split_sizes():
     assert len(te) == 12 and len(tr) == 48 and np.bincount(y[te]).tolist() == [2, 4, 6]
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - {"wrn28x10", "preresnet164", "preresnet110"}))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"wrn28x10", "preresnet164", "preresnet110", "convnet1d"}))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
 def test_zoo_adapts_to_input(name, shape):
     torch.manual_seed(0)
@@ -55,3 +55,28 @@ def test_user_factory(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     m = build_model("mymodels:make", (1, 8, 8), 10, {"hidden": 3})
     assert m[1].out_features == 3
+
+
+def test_mnist1d_is_generated_locally_and_equals_make_dataset(monkeypatch):
+    import mnist1d.data as m1d
+    from mnist1d.utils import ObjectView
+
+    import lowloss.data as D
+
+    monkeypatch.setattr(m1d, "get_dataset", lambda *a, **k: pytest.fail("MNIST-1D must never be downloaded"))
+    d = load_dataset("mnist1d")
+    assert (len(d.train), len(d.test), d.input_shape, d.num_classes) == (4000, 1000, (1, 40), 10)
+    ref = m1d.make_dataset(ObjectView({**m1d.get_dataset_args(as_dict=True)}))
+    assert np.allclose(d.train.x[:, 0].numpy(), ref["x"], atol=1e-5) and np.array_equal(d.test.y.numpy(), ref["y_test"])
+    state = np.random.get_state()[1].copy()
+    D.mnist1d_raw(D.mnist1d_args(), 7, n=20)
+    assert np.array_equal(state, np.random.get_state()[1]), "the global random state was touched"
+    assert "url" not in D.mnist1d_args()
+
+
+def test_convnet1d_and_mlp_suit_signals():
+    for name in ("convnet1d", "mlp"):
+        net = build_model(name, (1, 40), 10)
+        assert net(torch.zeros(5, 1, 40)).shape == (5, 10)
+    with pytest.raises(Exception, match="signals"):
+        build_model("convnet1d", (1, 8, 8), 10)

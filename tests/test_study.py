@@ -27,7 +27,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     assert {c["id"] for c in on_disk["claims"]} == CLAIM_IDS
     for c in on_disk["claims"]:
-        assert set(c) == {"id", "statement", "measured", "threshold", "test", "held"}
+        assert set(c) == {"id", "statement", "measured", "threshold", "test", "held", "spread"}
+        assert c["held"] in ("held", "within noise", "not held", None), c
         assert "error" not in c["measured"], (c["id"], c["measured"])
     assert set(on_disk["stage_seconds"]) == {st.name for st in STAGES}
     assert on_disk["seeds"] == [0, 1, 2] and "torch" in on_disk["versions"]

@@ -2,25 +2,79 @@
 
 Each claim is a record: ``id``, ``statement``, ``measured`` (the numbers read from the stages' run.json
 files), ``threshold`` (the constants of the test), ``test`` (a Python expression over the names in
-``measured`` and ``threshold``), ``held`` (the test's value; None when the stage did not run), figures
+``measured`` and ``threshold``), ``held`` (the verdict; None when the stage did not run), figures
 and a note. ``held`` is computed from the record's own data only, so a reader of summary.json can redo
-every comparison. :data:`CLAIMS` is the table: one measuring function per stage, each returning records;
+every comparison.
+
+Verdicts: a claim that compares two things is measured over seeds as paired differences (:func:`spread`:
+the differences, their mean ``margin`` and its standard error ``se``) and is ``"held"`` when the margin
+exceeds ``k`` (2) standard errors, ``"within noise"`` when the sign is right but the margin is not beyond
+``k`` SE (or there is only one seed, so no spread), and ``"not held"`` otherwise (:func:`verdict`). A
+claim measured once, without a seed spread (a curve between one pair of modes, ...), has a yes/no test:
+``"held"`` or ``"not held"``, and its record says ``seeds: 1``. :data:`CLAIMS` is the table: one measuring function per stage, each returning records;
 a function takes the study directory and the directories of its independent modes.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 
+from .errors import LowlossError
+from .utils import load_npz, read_json_file
+
 RESULT = "run.json"
+HELD, WITHIN_NOISE, NOT_HELD = "held", "within noise", "not held"
+VERDICTS = (HELD, WITHIN_NOISE, NOT_HELD)
+K_SE = 2  # a margin must exceed K_SE standard errors of its paired difference to be "held"
+
+
+def spread(diffs, what: str = "") -> dict:
+    """Paired differences over seeds (each oriented so that > 0 means the claim's direction): the values, their
+    count, mean (``margin``), sample standard deviation and the standard error of the mean (None for one seed)."""
+    d = [float(x) for x in diffs]
+    n = len(d)
+    m = sum(d) / n if n else None
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1)) if n > 1 else None
+    out = {"margin": m, "se": sd / math.sqrt(n) if sd is not None else None, "sd": sd, "n": n, "diffs": d}
+    return {"difference": what, **out} if what else out
+
+
+def verdict(margin, se, k=K_SE, strict=True) -> str | None:
+    """'held' when margin > k * se, 'within noise' when the sign is right (margin > 0; >= 0 when not strict)
+    but not beyond k SE (or se is None: one seed), 'not held' otherwise; None when there is no margin."""
+    if margin is None:
+        return None
+    if margin < 0 or (strict and margin == 0):
+        return NOT_HELD
+    if se is not None and margin > k * se:
+        return HELD
+    return WITHIN_NOISE
+
+
+def worst(*verdicts) -> str | None:
+    """The weakest of several verdicts (None when any is None)."""
+    if any(v is None for v in verdicts):
+        return None
+    return min(verdicts, key=VERDICTS[::-1].index) if verdicts else None
+
+
+def _verdict_of(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in VERDICTS:
+            raise ValueError(f"a claim's test gave {value!r}, not one of {VERDICTS}")
+        return value
+    return HELD if bool(value) else NOT_HELD
+
+
 _SAFE = {"all": all, "any": any, "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "zip": zip,
-         "sorted": sorted, "isfinite": math.isfinite}
+         "sorted": sorted, "isfinite": math.isfinite, "verdict": verdict, "worst": worst}
 
 
 @dataclass
@@ -30,9 +84,10 @@ class Claim:
     measured: dict = field(default_factory=dict)
     threshold: dict = field(default_factory=dict)
     test: str = ""
-    held: bool | None = None
+    held: str | None = None  # "held", "within noise", "not held" (VERDICTS) or None (not measured)
     figures: list = field(default_factory=list)
     note: str = ""
+    spread: dict = field(default_factory=dict)  # margin, se, n of the paired difference(s); {"n": 1} if none
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,20 +95,32 @@ class Claim:
 
 def claim(id_: str, statement: str, measured: dict | None = None, test: str = "", threshold: dict | None = None,
           figures=(), note: str = "") -> Claim:
-    """A claim record; `held` is `test` evaluated over `measured` and `threshold` (None without data)."""
+    """A claim record; `held` is the verdict of `test` evaluated over `measured` and `threshold` (a verdict
+    string, or a bool read as held / not held; None without data)."""
     measured, threshold = measured or {}, threshold or {}
     held = None
     if measured and test:
         value = eval(test, {"__builtins__": _SAFE, **measured, **threshold})  # noqa: S307 (our own expressions)
-        held = None if value is None else bool(value)
-    return Claim(id_, statement, measured, threshold, test, held, [str(f) for f in figures], note)
+        held = _verdict_of(value)
+    return Claim(id_, statement, measured, threshold, test, held, [str(f) for f in figures], note,
+                 _spread_of(measured) if held is not None else {})
+
+
+def _spread_of(measured: dict) -> dict:
+    keys = ("margin", "se", "n")
+    if "margin" in measured:
+        return {k: measured.get(k) for k in keys}
+    comps = measured.get("comparisons")
+    if isinstance(comps, dict) and comps:
+        return {name: {k: c.get(k) for k in keys} for name, c in comps.items()}
+    return {"n": 1, "note": "measured once: no seed spread"}
 
 
 def load_result(d: Path) -> dict | None:
-    """run.json of a stage's run directory, or None when it is missing or unreadable (not measured)."""
+    """run.json of a stage's run directory, or None when it is missing or damaged (not measured)."""
     try:
-        return json.loads((Path(d) / RESULT).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json_file(Path(d) / RESULT)
+    except LowlossError:
         return None
 
 
@@ -94,9 +161,10 @@ S_COMPLEX = ("Two modes are joined by a simplicial complex (SPRO) whose sampled 
              "test error.")
 S_DIM = ("Connectors can be added between two modes one at a time while sampled models keep low train loss: the "
          "low-loss region has many dimensions (>= 10 for VGG on CIFAR-10 in the paper).")
-S_CAL = "Temperature scaling fitted on held-out data does not change accuracy and lowers held-out ECE or NLL."
-S_SHIFT = ("Under gaussian-noise corruption, ensembles (deep, ESPRO, MultiSWAG) keep a lower NLL than a single model "
-           "at every severity.")
+S_CAL = ("Temperature scaling fitted on held-out data fits a T on every method, does not change accuracy and "
+         "lowers held-out NLL.")
+S_SHIFT = ("Under dataset shift, accuracy falls with severity and a deep ensemble keeps a lower NLL than a single "
+           "model at the highest severities.")
 S_VAR_DET = "A variance network (zero-mean weights) predicts at chance with the deterministic (mean-weight) scheme."
 S_VAR_ENS = "With the ensemble scheme, the variance network is within 2 points of Gaussian dropout's accuracy."
 S_REG = "Predictive uncertainty (the +-2 std band) is wider away from the training data than near it."
@@ -110,8 +178,9 @@ def claim_modes(study: Path, modes: list[Path]):
     if not all(runs):
         return [claim("modes", S_MODES)]
     acc = [r["final"]["test"]["accuracy"] for r in runs]
-    return [claim("modes", S_MODES, {"test_accuracy": acc, "mean": mean(acc)}, "min(test_accuracy) > min_accuracy",
-                  {"min_accuracy": 0.9})]
+    return [claim("modes", S_MODES, {"test_accuracy": acc, "mean": mean(acc),
+                                     **spread([a - 0.9 for a in acc], "test accuracy - 0.9, per seed")},
+                  "verdict(margin, se, k)", {"min_accuracy": 0.9, "k": K_SE})]
 
 
 @_safe(("line_barrier", S_LINE), ("curve_bezier", S_CURVE.format(name="Bezier curve")),
@@ -160,9 +229,12 @@ def _plane_measure(d: Path) -> dict:
     import numpy as np
 
     j = load_result(d)
-    if j is None or not (d / "plane.npz").exists():
+    try:
+        z = load_npz(d / "plane.npz") if j is not None else None
+    except LowlossError:
+        z = None
+    if z is None:
         return {}
-    z = np.load(d / "plane.npz")
     m = {"grid": int(z["train_loss"].shape[0]) if "train_loss" in z else None}
     for k in ("seconds", "points_per_second"):
         if k in j:
@@ -194,22 +266,43 @@ def claim_budget(study: Path, modes: list[Path]):
     figs = [d / "budget.png"]
     if j is None:
         return [claim("fge_nll", S_FGE), claim("ensembles_nll", S_ENS), claim("swa_accuracy", S_SWA)]
-    j = j["summary"]
     b = "1"
-    methods = [m for m in j if isinstance(j[m], dict) and b in j[m]]
-    nll = {m: j[m][b]["nll"]["mean"] for m in methods}
-    acc = {m: j[m][b]["accuracy"]["mean"] for m in methods}
-    ens = {m: nll[m] for m in ("ensemble", "sse", "fge", "swag", "multiswag") if m in nll}
-    note = ("digits networks are underconfident (mean confidence below accuracy), so averaging probabilities "
-            "can raise NLL; 360 test images make NLL differences of ~0.002 noise")
-    return [
-        claim("fge_nll", S_FGE, {"fge_nll": nll.get("fge"), "single_nll": nll["single"]},
-              "fge_nll is not None and fge_nll < single_nll", {}, figs, note),
-        claim("ensembles_nll", S_ENS, {"ensemble_nll": ens, "single_nll": nll["single"]},
-              "all(v < single_nll for v in ensemble_nll.values())", {}, figs, note),
-        claim("swa_accuracy", S_SWA, {"swa_accuracy": acc.get("swa"), "single_accuracy": acc["single"]},
-              "swa_accuracy is not None and swa_accuracy >= single_accuracy", {}, figs),
-    ]
+    raw = j["per_seed"]
+    seeds = sorted(raw["single"][b], key=int)
+    data = (j.get("config") or {}).get("data", "")
+
+    def per_seed(m, k):
+        return [raw[m][b][s_][k] for s_ in seeds]
+
+    def nll_gain(m):  # single NLL - method NLL on the same seed (> 0: the method is better)
+        return spread([x - y for x, y in zip(per_seed("single", "nll"), per_seed(m, "nll"))],
+                      f"single NLL - {m} NLL, per seed")
+
+    ens = {m: nll_gain(m) for m in ("ensemble", "sse", "fge", "swag", "multiswag") if m in raw}
+    epochs = (j.get("config") or {}).get("epochs")
+    members = (j.get("config") or {}).get("members_per_budget")
+    note = (f"{len(seeds)} seed(s) on {data}; each difference is paired on the seed (same data order and "
+            "initialisation), so seed-to-seed spread of the absolute numbers cancels")
+    if any(c["margin"] is not None and c["margin"] < 0 for c in ens.values()):
+        note += (f"; at budget 1 ({epochs} epochs) each of the {members} deep-ensemble / MultiSWAG members trains "
+                 f"{epochs}/{members} epochs and SSE restarts every {epochs}/4: undertrained members are "
+                 "underconfident and averaging them costs NLL, so a single network trained the whole budget wins")
+    out = [claim("fge_nll", S_FGE, {"fge_nll": per_seed("fge", "nll"), "single_nll": per_seed("single", "nll"),
+                                    **nll_gain("fge")}, "verdict(margin, se, k)", {"k": K_SE}, figs, note)
+           if "fge" in raw else claim("fge_nll", S_FGE),
+           claim("ensembles_nll", S_ENS, {"comparisons": ens},
+                 "worst(*[verdict(c['margin'], c['se'], k) for c in comparisons.values()])", {"k": K_SE}, figs,
+                 note)]
+    if "swa" in raw:
+        acc = spread([x - y for x, y in zip(per_seed("swa", "accuracy"), per_seed("single", "accuracy"))],
+                     "SWA accuracy - single accuracy, per seed")
+        out.append(claim("swa_accuracy", S_SWA, {"swa_accuracy": per_seed("swa", "accuracy"),
+                                                 "single_accuracy": per_seed("single", "accuracy"), **acc},
+                         "verdict(margin, se, k, False)", {"k": K_SE}, figs,
+                         note + "; 'at least as accurate': a zero margin is within noise"))
+    else:
+        out.append(claim("swa_accuracy", S_SWA))
+    return out
 
 
 @_safe(("curve_swag", S_CSWAG))
@@ -240,16 +333,21 @@ def claim_espro(study: Path, modes: list[Path]):
         mode_acc.append(sj["test"]["mode"]["accuracy"])
         sample_acc.append(sj["test"]["sample_mean"]["accuracy"])
         figs += sorted(Path(sx["dir"]).glob("*.png"))[:1]
+    gap = spread([0.01 - (m - x) for m, x in zip(mode_acc, sample_acc)],
+                 "0.01 - (mode accuracy - simplex sample accuracy), per simplex (one per mode seed)")
     return [
-        claim("espro_simplex", S_ESPRO, {"log_volume": vols, "mode_accuracy": mean(mode_acc),
-                                         "sample_mean_accuracy": mean(sample_acc)},
-              "all(isfinite(v) for v in log_volume) and mode_accuracy - sample_mean_accuracy <= max_gap",
-              {"max_gap": 0.01}, figs[:1]),
+        claim("espro_simplex", S_ESPRO, {"log_volume": vols, "mode_accuracy": mode_acc,
+                                         "sample_mean_accuracy": sample_acc, **gap},
+              "all(isfinite(v) for v in log_volume) and verdict(margin, se, k, False)",
+              {"max_gap": 0.01, "k": K_SE}, figs[:1]),
         claim("espro_vs_deep", S_ESPRO_DEEP, {"espro_nll": j["espro"]["nll"], "deep_nll": j["deep_ensemble"]["nll"],
-                                              "espro": j["espro"], "deep_ensemble": j["deep_ensemble"]},
-              "espro_nll < deep_nll", {}, [],
-              "with the reference LAMBDA=1e-6 the digits simplexes stay small, so ESPRO's samples are close to "
-              "the modes and the two ensembles nearly coincide"),
+                                              "espro": j["espro"], "deep_ensemble": j["deep_ensemble"],
+                                              **spread([j["deep_ensemble"]["nll"] - j["espro"]["nll"]],
+                                                       "deep-ensemble NLL - ESPRO NLL (one ensemble of all modes)")},
+              "verdict(margin, se, k)", {"k": K_SE}, [],
+              "one ESPRO ensemble against one deep ensemble of the same modes: no seed spread, so at best 'within "
+              "noise'; with the reference LAMBDA=1e-6 the digits simplexes stay small, so ESPRO's samples are close "
+              "to the modes and the two ensembles nearly coincide"),
     ]
 
 
@@ -290,29 +388,67 @@ def claim_calibration(study: Path, modes: list[Path]):
         return [claim("calibration", S_CAL)]
     rows = {k: {"T": v["temperature"], "nll_before": v["before"]["nll"], "nll_after": v["after"]["nll"],
                 "ece_before": v["before"]["ece"], "ece_after": v["after"]["ece"],
-                "accuracy_unchanged": v["before"]["accuracy"] == v["after"]["accuracy"]}
+                "accuracy_unchanged": v["before"]["accuracy"] == v["after"]["accuracy"],
+                "T_fitted": not v.get("note") and v["temperature"] != 1.0}
             for k, v in j["results"].items()}
-    return [claim("calibration", S_CAL, {"runs": rows},
-                  "all(r['accuracy_unchanged'] for r in runs.values()) and sum(1 for r in runs.values() if "
-                  "r['nll_after'] <= r['nll_before'] or r['ece_after'] <= r['ece_before']) >= share * len(runs)",
-                  {"share": 0.5}, [d / "reliability.png"],
-                  "T is fitted on a fixed half of the test split and scored on the other half (180 images each): "
-                  "when the fitting half has no error T is not identifiable and 1 is kept")]
+    singles = [k for k in rows if not k.startswith("ensemble")] or list(rows)
+    gain = spread([rows[k]["nll_before"] - rows[k]["nll_after"] for k in singles],
+                  "held-out NLL before - after scaling, per seed (single networks)")
+    ece = spread([rows[k]["ece_before"] - rows[k]["ece_after"] for k in singles])
+    data = (j.get("data") or {}).get("name", "")
+    why = ""
+    if gain["margin"] is not None and gain["margin"] <= 0:
+        ece_b = mean(rows[k]["ece_before"] for k in singles)
+        why = (f"; here the single networks are already nearly calibrated (held-out ECE {ece_b:.3f} before "
+               "scaling), so the T fitted on one half (between "
+               f"{min(rows[k]['T'] for k in singles):.2f} and {max(rows[k]['T'] for k in singles):.2f}) "
+               "does not lower NLL on the other half")
+    return [claim("calibration", S_CAL, {"runs": rows, **gain, "ece_gain": ece},
+                  "all(r['accuracy_unchanged'] and r['T_fitted'] for r in runs.values()) and verdict(margin, se, k)",
+                  {"k": K_SE}, [d / "reliability.png"],
+                  f"on {data}: T is fitted on a fixed half of the test split and scored on the other half; a run "
+                  "whose fitting half has no error keeps T = 1 (not identifiable), which fails the claim" + why)]
 
 
 @_safe(("shift", S_SHIFT))
 def claim_shift(study: Path, modes: list[Path]):
     d = study / "shift"
     j = load_result(d)
-    if j is None:
+    if j is None or "members" not in j:
         return [claim("shift", S_SHIFT)]
-    j = j.get("results", j)
-    sev = sorted(j["single"]["gaussian_noise"], key=int)
-    methods = [m for m in ("ensemble", "espro", "multiswag") if m in j]
-    nll = {m: [j[m]["gaussian_noise"][k]["nll"] for k in sev] for m in ["single", *methods]}
-    return [claim("shift", S_SHIFT, {"severities": [int(k) for k in sev], "nll": nll},
-                  "all(all(a < b for a, b in zip(v, nll['single'])) for m, v in nll.items() if m != 'single')",
-                  {}, [d / "shift.png", d / "corruptions.png"])]
+    info = j["info"]
+    shifts, sevs = info["corruptions"], [str(s_) for s_ in info["severities"]]
+
+    def avg(rows, metric):  # mean over the shifts
+        return sum(r[metric] for r in rows) / len(rows)
+
+    mem = j["members"]
+    n = len(mem["clean"])
+    ens = {s_: avg([j["ensemble"][c][s_] for c in shifts], "nll") for s_ in sevs}
+    single_acc = {s_: [avg([mem[c][s_][i] for c in shifts], "accuracy") for i in range(n)] for s_ in sevs}
+    single_nll = {s_: [avg([mem[c][s_][i] for c in shifts], "nll") for i in range(n)] for s_ in sevs}
+    clean_acc = [m["accuracy"] for m in mem["clean"]]
+    top = sevs[-2:]
+    comps = {f"nll_severity_{s_}": spread([x - ens[s_] for x in single_nll[s_]],
+                                          f"single NLL - deep-ensemble NLL at severity {s_}, per member seed")
+             for s_ in top}
+    comps["accuracy_fall"] = spread([c - a for c, a in zip(clean_acc, single_acc[sevs[-1]])],
+                                    f"clean accuracy - accuracy at severity {sevs[-1]}, per member seed")
+    data = info.get("data", {}).get("name", "")
+    return [claim("shift", S_SHIFT,
+                  {"data": data, "shifts": shifts, "severities": [int(x) for x in sevs],
+                   "single_accuracy_mean": {s_: mean(v) for s_, v in single_acc.items()},
+                   "single_clean_accuracy_mean": mean(clean_acc),
+                   "ensemble_accuracy": {s_: avg([j["ensemble"][c][s_] for c in shifts], "accuracy") for s_ in sevs},
+                   "single_nll_mean": {s_: mean(v) for s_, v in single_nll.items()}, "ensemble_nll": ens,
+                   "other_nll": {m: {s_: avg([j[m][c][s_] for c in shifts], "nll") for s_ in sevs}
+                                 for m in ("multiswa", "multiswag", "espro") if m in j},
+                   "comparisons": comps},
+                  "worst(*[verdict(c['margin'], c['se'], k) for c in comparisons.values()])", {"k": K_SE},
+                  [d / "shift.png"],
+                  f"{data}: every member of the deep ensemble alone is a 'single model' (the spread over seeds); "
+                  "numbers are means over the shifts; MultiSWAG's NLL (other_nll) is shown, not tested: it is one "
+                  "ensemble, with no seed spread of its own")]
 
 
 @_safe(("variance_deterministic", S_VAR_DET), ("variance_ensemble", S_VAR_ENS))

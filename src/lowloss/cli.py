@@ -180,12 +180,40 @@ def cli():
     """
 
 
+# errno -> what to do about it, for the file-system errors a user can fix
+OS_FIXES = {
+    "ENOSPC": "the disk is full: free space or choose another --out, then run the same command again "
+              "(with --resume if it had started)",
+    "EDQUOT": "the disk quota is exceeded: free space or choose another --out, then run the same command again",
+    "EROFS": "the location is read-only: choose a writable --out",
+    "EACCES": "permission denied: fix the permissions of that path, or choose a writable --out",
+    "EPERM": "operation not permitted: fix the permissions of that path, or choose a writable --out",
+}
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for a file-system error a user can fix (full disk, read-only, no permission), else None."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(e.errno or -1, "")
+    if name not in OS_FIXES:
+        return None
+    where = e.filename if e.filename is not None else "the output location"
+    return f"{where}: {e.strerror or name} [{name}]; {OS_FIXES[name]}"
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="lowloss")
     except LowlossError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:
+        msg = os_error_message(e)
+        if msg is None:
+            raise
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted; run the same command with --resume to continue", err=True)
         sys.exit(130)

@@ -114,6 +114,25 @@ def replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
+MAX_SEED = 2**32 - 1
+
+
+def check_common(config) -> None:
+    """The rules every Config shares, as one-line errors naming the option: every number is finite (a NaN passes
+    comparisons such as ``lr > 0`` unnoticed, an infinity makes training diverge) and every seed (``seed``,
+    ``*_seed``) is in [0, 2**32 - 1]."""
+    import math
+
+    for spec in fields_of(type(config)):
+        v = getattr(config, spec.name, None)
+        if (spec.name == "seed" or spec.name.endswith("_seed")) and isinstance(v, int) and not isinstance(v, bool):
+            require(0 <= v <= MAX_SEED, f"{spec.flag} must be in [0, {MAX_SEED}] (got {v})")
+        values = v if isinstance(v, (tuple, list)) else (v,)
+        for x in values:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise LowlossError(f"{spec.flag} must be a finite number (got {x})")
+
+
 def require(condition: bool, message: str) -> None:
     """Config checks read as a list of rules: ``require(cfg.epochs >= 1, "--epochs must be >= 1")``."""
     if not condition:
@@ -129,4 +148,4 @@ def split_list(value) -> tuple[str, ...]:
     return tuple(value)
 
 
-__all__ = ["COMMON_HELP", "OptionSpec", "fields_of", "option", "replace", "require", "split_list", "to_dict"]
+__all__ = ["COMMON_HELP", "OptionSpec", "check_common", "fields_of", "option", "replace", "require", "split_list", "to_dict"]

@@ -27,6 +27,14 @@ severity 2). We keep the published values for saturate (colour only) and for ela
 elastic (alpha, sigma) but make the affine part non-decreasing (0.05, 0.06, 0.07, 0.08, 0.08 of the side
 instead of 0.08, 0.07, 0.06, 0.05, 0.03), see ``ELASTIC``. Grey images have no saturation: ``saturate``
 raises :class:`~lowloss.utils.LowlossError`; :func:`applicable` lists what fits a channel count.
+
+Beside the corruptions, ``rotate`` is Ovadia et al. (2019)'s rotated MNIST: the image turned about its
+centre by a fixed angle per severity (15, 45, 90, 135, 180 degrees; bilinear, zero background).
+
+Signals (MNIST-1D) are not corrupted but redrawn: :data:`SIGNAL_SHIFTS` turns the generator's own knobs up
+(noise, shear, scale, translation), one setting per severity, and :func:`shift_split` draws fresh signals
+with them (normalised as the clean data). :func:`shift_names` and :func:`shift_split` pick images or signals
+by the dataset.
 """
 
 from __future__ import annotations
@@ -347,6 +355,17 @@ def fog(img, severity, rng, scale):
     return out * top / (top + c)
 
 
+ROTATE = (15, 45, 90, 135, 180)                        # degrees (Ovadia et al. 2019's rotated MNIST)
+
+
+def rotate(img, severity, rng):
+    """The image turned by ROTATE[severity - 1] degrees about its centre (bilinear, zero outside)."""
+    from scipy import ndimage
+
+    return ndimage.rotate(img, ROTATE[severity - 1], axes=(2, 1), reshape=False, order=1, mode="constant",
+                          cval=0.0)
+
+
 # ---- registry and public API ---------------------------------------------------------------------------
 CORRUPTIONS: dict[str, Callable] = {
     "gaussian_noise": gaussian_noise,
@@ -363,6 +382,7 @@ CORRUPTIONS: dict[str, Callable] = {
     "jpeg": jpeg,
     "elastic_transform": elastic_transform,
     "fog": fog,
+    "rotate": rotate,
 }
 COLOUR_ONLY = ("saturate",)
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -472,3 +492,54 @@ def corrupt_split(split, data, name: str, severity: int, *, seed: int = 0, batch
         ys.append(yb.cpu())
         offset += len(xb)
     return TensorSplit(torch.cat(xs), torch.cat(ys))
+
+
+# ---- shifts of signals (MNIST-1D): the generator's knobs turned up ------------------------------------
+# defaults: corr_noise_scale 0.25, iid_noise_scale 0.02, shear_scale 0.75, scale_coeff 0.4, max_translation 48.
+# Measured on one convnet1d (20 epochs, 96.6% on fresh clean signals), accuracy at severities 1..5 (500 signals):
+# noise .92 .83 .72 .59 .41; shear .94 .81 .70 .63 .57; scale .94 .88 .83 .77 .73; translation .89 .83 .77 .73 .73
+_NOISE = (1.25, 1.5, 1.75, 2.0, 2.5)
+SIGNAL_SHIFTS: dict[str, tuple[dict, ...]] = {
+    "noise": tuple({"corr_noise_scale": 0.25 * f, "iid_noise_scale": 0.02 * f} for f in _NOISE),
+    "shear": tuple({"shear_scale": v} for v in (1.5, 2.25, 3.0, 4.0, 5.0)),
+    "scale": tuple({"scale_coeff": v} for v in (0.8, 1.0, 1.2, 1.5, 1.8)),
+    "translation": tuple({"max_translation": v} for v in (56, 62, 66, 70, 72)),
+}
+
+
+def is_signal(data) -> bool:
+    """True for MNIST-1D style data ([C, L] signals): shifts are drawn by the generator, not corrupted."""
+    return getattr(data, "name", "") == "mnist1d"
+
+
+def shift_names(spec: str, data) -> list[str]:
+    """The shifts `spec` names for `data`: corruptions (:func:`parse_corruptions`) for images, the
+    :data:`SIGNAL_SHIFTS` for MNIST-1D ('all', or names; an image corruption named for signals is an error)."""
+    if not is_signal(data):
+        if len(data.input_shape) != 3:
+            raise LowlossError(f"the runs use {data.name}, not an image dataset; corruptions need [C, H, W] images "
+                               "(signals: --data mnist1d)")
+        return parse_corruptions(spec, data.input_shape[0])
+    if spec.strip().lower() == "all":
+        return list(SIGNAL_SHIFTS)
+    names = [s.strip().replace("-", "_") for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in SIGNAL_SHIFTS]
+    if bad:
+        raise LowlossError(f"unknown MNIST-1D shift(s) {', '.join(bad)}; valid: all, {', '.join(SIGNAL_SHIFTS)}")
+    return names
+
+
+def shift_split(split, data, name: str, severity: int, *, seed: int = 0):
+    """`split` under the shift `name` at `severity`: corrupted images (:func:`corrupt_split`), or for MNIST-1D
+    len(split) fresh signals drawn with the generator's knobs at that severity (labels drawn with them)."""
+    if not is_signal(data):
+        return corrupt_split(split, data, name, severity, seed=seed)
+    from .data import mnist1d_shifted
+
+    if name not in SIGNAL_SHIFTS:
+        raise LowlossError(f"unknown MNIST-1D shift '{name}'; valid: {', '.join(SIGNAL_SHIFTS)}")
+    if severity not in SEVERITIES:
+        raise LowlossError(f"severity must be 1..5, got {severity}")
+    data_seed = int((getattr(data, "meta", {}) or {}).get("generator_seed", 42)) - 42
+    return mnist1d_shifted(len(split), SIGNAL_SHIFTS[name][severity - 1], seed=seed * 100 + severity,
+                           data_seed=data_seed)

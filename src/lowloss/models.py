@@ -69,6 +69,29 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class ConvNet1D(nn.Module):
+    """A small 1-D CNN for signals [C, L] (MNIST-1D): three strided convolutions, then a linear layer over the
+    flattened features (position matters in MNIST-1D, so no global pooling)."""
+
+    def __init__(self, input_shape, num_classes, width: float = 1.0, bn: bool = True):
+        super().__init__()
+        if len(input_shape) != 2:
+            raise LowlossError(f"convnet1d takes signals [channels, length]; got input shape {tuple(input_shape)}")
+        c = input_shape[0]
+        ch = [max(1, int(round(k * width))) for k in (32, 32, 32)]
+
+        def block(i, o, k, stride):
+            return [nn.Conv1d(i, o, k, stride=stride, padding=k // 2, bias=not bn)] + \
+                ([nn.BatchNorm1d(o)] if bn else []) + [nn.ReLU()]
+
+        self.features = nn.Sequential(*block(c, ch[0], 5, 1), *block(ch[0], ch[1], 3, 2), *block(ch[1], ch[2], 3, 2),
+                                      nn.Flatten())
+        self.classifier = nn.Linear(int(math.prod(_out_shape(self.features, input_shape))), num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 class LeNet5(nn.Module):
     """LeNet-5 (ReLU, max pooling); pads the convolutions when the input is smaller than 32x32."""
 
@@ -219,6 +242,7 @@ def _mlp(s, k, widths="128,128", **o):
 MODELS = {
     "mlp": _mlp,
     "convnet": lambda s, k, **o: ConvNet(s, k, **o),
+    "convnet1d": lambda s, k, **o: ConvNet1D(s, k, **o),
     "lenet5": lambda s, k, **o: LeNet5(s, k, **o),
     "vgg16": lambda s, k, **o: VGG16(s, k, bn=False, **o),
     "vgg16bn": lambda s, k, **o: VGG16(s, k, bn=True, **o),

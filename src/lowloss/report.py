@@ -14,7 +14,7 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:110
 color:#222;line-height:1.45}
 h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}
-th{background:#f4f4f4} .held{color:#0a7d28;font-weight:600} .failed{color:#b3261e;font-weight:600}
+th{background:#f4f4f4} .held{color:#0a7d28;font-weight:600} .noise{color:#8a6d00;font-weight:600} .failed{color:#b3261e;font-weight:600}
 .na{color:#777;font-weight:600}
 section{border-top:1px solid #eee;margin-top:1.6em;padding-top:.6em}
 figure{margin:.6em 0;display:inline-block;vertical-align:top} figure img{max-width:520px;border:1px solid #eee}
@@ -30,22 +30,43 @@ def _img(path: Path, base: Path) -> str:
 
 
 def _status(held) -> str:
+    """A verdict ("held", "within noise", "not held"; a bool is read as held / not held) as HTML."""
     if held is None:
         return '<span class="na">not measured</span>'
-    return '<span class="held">held</span>' if held else '<span class="failed">did not hold</span>'
+    if held is True or held == "held":
+        return '<span class="held">held</span>'
+    if held == "within noise":
+        return '<span class="noise">within noise</span>'
+    return '<span class="failed">not held</span>'
+
+
+def _spread(c: dict) -> str:
+    """'margin ± SE (n seeds)' of a claim's paired difference(s), or 'one run' when it has no seed spread."""
+    sp = c.get("spread") or {}
+    if not sp:
+        return ""
+    if "n" in sp and not isinstance(sp["n"], dict):
+        if sp.get("margin") is None:
+            return "one run, no seed spread"
+        se = f" ± {sp['se']:.3g}" if sp.get("se") is not None else " (no spread)"
+        return f"{sp['margin']:+.3g}{se} (n={sp['n']})"
+    return "; ".join(f"{k}: {_spread({'spread': v})}" for k, v in sp.items() if isinstance(v, dict))
 
 
 def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], base: Path,
-                 stages: dict | None = None, extra: dict | None = None) -> Path:
+                 stages: dict | None = None, extra: dict | None = None, stage_data: dict | None = None) -> Path:
     """Write the HTML report. Each claim: id, statement, measured (dict), test and threshold (how `held` was
-    decided), held (bool/None), figures (paths), note."""
+    decided), held (a verdict string, a bool, or None), spread (margin, SE, n), figures (paths), note.
+    `stage_data`: {stage: where it runs and why}. Ends with 'what did not reproduce here, and why'."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p>"]
-    parts.append("<table><tr><th>claim</th><th>result</th><th>measured</th></tr>")
+    parts.append("<table><tr><th>claim</th><th>result</th><th>margin ± SE of the paired difference (seeds)</th>"
+                 "<th>threshold</th><th>measured</th></tr>")
     for c in claims:
         meas = ", ".join(f"{k}={_fmt(_round(v))}" for k, v in (c.get("measured") or {}).items())
         parts.append(f"<tr><td><a href='#{c['id']}'>{html.escape(c['statement'])}</a></td>"
-                     f"<td>{_status(c.get('held'))}</td><td>{html.escape(meas)}</td></tr>")
+                     f"<td>{_status(c.get('held'))}</td><td>{html.escape(_spread(c))}</td>"
+                     f"<td>{html.escape(json.dumps(c.get('threshold') or {}))}</td><td>{html.escape(meas)}</td></tr>")
     parts.append("</table>")
     for c in claims:
         parts.append(f"<section id='{c['id']}'><h2>{html.escape(c['statement'])}</h2>"
@@ -69,9 +90,26 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
             parts.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(st.get('status')))}</td>"
                          f"<td>{st.get('seconds', 0):.1f}</td></tr>")
         parts.append("</table></section>")
+    if stage_data:
+        parts.append("<section id='where'><h2>Where each stage runs, and why</h2><table>"
+                     "<tr><th>stage</th><th>data</th></tr>")
+        parts += [f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in stage_data.items()]
+        parts.append("</table></section>")
     if extra:
         parts.append("<section><h2>Setting</h2><pre>" + html.escape(json.dumps(extra, indent=1, default=str))
                      + "</pre></section>")
+    missed = [c for c in claims if c.get("held") is not None and c.get("held") not in (True, "held")]
+    parts.append("<section id='not-reproduced'><h2>What did not reproduce here, and why</h2>")
+    if not missed:
+        parts.append("<p>Every measured claim held beyond noise.</p>")
+    for c in missed:
+        meas = {k: v for k, v in (c.get("measured") or {}).items() if k not in ("diffs", "runs")}
+        parts.append(f"<h3>{html.escape(c['statement'])}</h3><p>{_status(c.get('held'))} &mdash; "
+                     f"<code>{html.escape(c['id'])}</code>; margin {html.escape(_spread(c) or 'n/a')}; test "
+                     f"<code>{html.escape(c.get('test', ''))}</code></p>"
+                     + (f"<p>why: {html.escape(c['note'])}</p>" if c.get("note") else "")
+                     + "<pre>" + html.escape(json.dumps(_round(meas), default=str)[:1500]) + "</pre>")
+    parts.append("</section>")
     parts.append("</body></html>")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts))

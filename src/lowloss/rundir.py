@@ -30,9 +30,22 @@ import torch
 from torch import nn
 
 from . import params as P
+from .config import check_common
 from .data import Dataset, load_dataset
 from .models import build_model
-from .utils import LowlossError, atomic_path, echo, jsonable, resolve_device, versions, write_json
+from .utils import (
+    LowlossError,
+    atomic_path,
+    echo,
+    jsonable,
+    load_npz,
+    load_tensors,
+    read_json_file,
+    resolve_device,
+    save_npz,
+    versions,
+    write_json,
+)
 
 CONFIG_FILE = "config.json"
 RESULT_FILE = "run.json"
@@ -43,18 +56,7 @@ ARCHITECTURE_KEYS = ("model", "model_options", "data", "data_seed", "data_dir")
 
 
 # ---------------------------------------------------------------------------------------------- files
-def read_json_file(path: str | os.PathLike) -> Any:
-    """A JSON file lowloss wrote; a damaged or cut-short file is a one-line error naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LowlossError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LowlossError(f"{path} is damaged ({e.__class__.__name__}: {e}); re-run the command that wrote it "
-                           "or delete its directory") from None
-
-
+# The guarded readers live in utils (the engine reads its checkpoint with them too); they are rundir's API.
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Tensors as safetensors (CPU, contiguous), atomically; metadata values are stored as strings."""
     t = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -62,23 +64,6 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         from safetensors.torch import save_file
 
         save_file(t, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-
-
-def load_tensors(path: str | os.PathLike, device=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file; a damaged file is a one-line error naming it."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise LowlossError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        return load_file(str(path), device=str(device) if device is not None else "cpu"), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LowlossError(f"{path} is damaged ({e}); re-run the command that wrote it or delete its "
-                           "directory") from None
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -112,7 +97,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a pid reused by an unrelated program after a kill -9 is no lowloss writer
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+    except OSError:
+        return True
+    return not cmd or b"python" in cmd or b"lowloss" in cmd
 
 
 # ---------------------------------------------------------------------------------------------- RunDir
@@ -147,6 +136,7 @@ class RunDir:
         """
         rd = cls(path, method, config, quiet=quiet)
         p = rd.path
+        rd._refuse_live_writer()  # before anything else: --fresh must not delete a directory being written
         if fresh and p.exists():
             rd._clear()
         if p.exists() and not p.is_dir():
@@ -174,36 +164,63 @@ class RunDir:
             rd.resuming = True
         elif p.exists() and any(not f.name.startswith(".") for f in p.iterdir()):
             raise LowlossError(f"{p} holds files that no lowloss run wrote (no {CONFIG_FILE}); choose a new --out")
+        created = not p.exists()
         rd._lock()
-        write_json(p / CONFIG_FILE, rd.config)
+        try:
+            write_json(p / CONFIG_FILE, rd.config)
+        except BaseException:  # e.g. a full or read-only disk: leave nothing behind that we made
+            if rd.resuming:
+                rd.release()
+            else:
+                rd.discard(remove_directory=created)
+            raise
         return rd
+
+    def _lock_owner(self) -> int:
+        """The pid of another live process holding this directory's lock, else 0 (no lock, or a stale one)."""
+        lock = self.path / LOCK_FILE
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):  # no lock, or one cut short by a kill: nobody holds it
+            return 0
+        return pid if pid and pid != os.getpid() and _pid_alive(pid) else 0
+
+    def _refuse_live_writer(self) -> None:
+        pid = self._lock_owner()
+        if pid:
+            raise LowlossError(f"{self.path} is being written by another lowloss process (pid {pid}); "
+                               "wait for it or choose a new --out")
 
     def _lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK_FILE
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+        # the lock appears with its pid already in it (written aside, then hard-linked: atomic), so another
+        # process never reads an empty lock and takes it for a stale one
+        tmp = self.path / f"{LOCK_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(str(os.getpid()))
+        try:
+            for _ in range(3):
                 try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
-                    raise LowlossError(f"{self.path} is being written by another lowloss process (pid {pid}); "
-                                       "wait for it or choose a new --out") from None
-                lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self._locked = True
-            return
+                    os.link(tmp, lock)
+                except FileExistsError:
+                    self._refuse_live_writer()
+                    lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours)
+                    continue
+                self._locked = True
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        raise LowlossError(f"{self.path} is being locked by another lowloss process at the same time; choose a "
+                           "new --out or try again")
 
     def release(self) -> None:
         """Drop the lock (done by :meth:`finish`; call it when a run stops early on purpose)."""
         if self._locked:
-            (self.path / LOCK_FILE).unlink(missing_ok=True)
             self._locked = False
+            try:
+                (self.path / LOCK_FILE).unlink(missing_ok=True)
+            except OSError:  # the location went read-only: the lock is recognised as stale later
+                pass
 
     def discard(self, *, remove_directory: bool) -> None:
         """Forget a new run that stopped on bad input before it saved any work: everything it wrote (and its
@@ -215,7 +232,13 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         for entry in self.path.iterdir():  # the directory was empty when the run opened it
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                try:
+                    entry.unlink(missing_ok=True)
+                except OSError:  # a read-only location: there is nothing of ours to remove either
+                    pass
 
     def __enter__(self) -> RunDir:
         return self
@@ -389,6 +412,7 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
     run.json is the Config's fields plus the input run directories as absolute paths.
     """
     name = method.__name__.rsplit(".", 1)[-1]
+    check_common(config)
     config.check()
     if check_inputs and hasattr(method, "check_inputs"):  # bad input runs: an error before anything is written
         method.check_inputs(config, inputs)
@@ -404,6 +428,11 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
             if not rd.resuming and not rd.checkpoint.exists():
                 rd.discard(remove_directory=not existed)  # bad input found inside fit: leave no stale run
             raise
+        except OSError:  # a full or read-only disk: a new run that saved no work yet leaves nothing behind
+            if not rd.resuming and rd.path.is_dir() and \
+                    {f.name for f in rd.path.iterdir() if not f.name.startswith(".")} <= {CONFIG_FILE}:
+                rd.discard(remove_directory=not existed)
+            raise
 
 
 def config_record(config, inputs=None) -> dict:
@@ -418,5 +447,5 @@ def config_record(config, inputs=None) -> dict:
 
 
 __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "MODEL_FILE", "RESULT_FILE", "Run", "RunDir", "build_from_config",
-           "find_run", "load_run", "load_runs", "load_state_into", "load_tensors", "read_json_file",
-           "read_result", "run_method", "save_tensors"]
+           "find_run", "load_npz", "load_run", "load_runs", "load_state_into", "load_tensors", "read_json_file",
+           "read_result", "run_method", "save_npz", "save_tensors"]

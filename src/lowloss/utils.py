@@ -106,8 +106,101 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def _damaged(path: Path, e: BaseException, fix: str | None = None) -> LowlossError:
+    fix = fix or "re-run the command that wrote it, or delete its directory"
+    detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
+    return LowlossError(f"{path} is damaged or not a file lowloss wrote ({e.__class__.__name__}: {detail}); {fix}")
+
+
+def _readable(path: Path) -> None:
+    if not path.exists():
+        raise LowlossError(f"{path} does not exist")
+    if path.is_dir():
+        raise LowlossError(f"{path} is a directory, not a file; re-run the command that writes it")
+
+
+def read_json_file(path: str | os.PathLike, *, fix: str | None = None) -> Any:
+    """A JSON file lowloss wrote; a damaged, cut-short, empty or foreign file is a one-line error naming it."""
+    path = Path(path)
+    _readable(path)
+    try:
+        return json.loads(path.read_text())
+    except PermissionError:
+        raise
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged(path, e, fix) from None
+
+
+read_json = read_json_file
+
+
+def load_tensors(path: str | os.PathLike, device=None, *, fix: str | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a damaged, cut-short, empty or foreign file is a one-line error
+    naming it."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _readable(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path), device=str(device) if device is not None else "cpu"), meta
+    except PermissionError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise _damaged(path, e, fix) from None
+
+
+def load_tensor_metadata(path: str | os.PathLike, *, fix: str | None = None) -> dict[str, str]:
+    """The metadata of a safetensors file without reading its tensors (guarded like :func:`load_tensors`)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _readable(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return fh.metadata() or {}
+    except PermissionError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise _damaged(path, e, fix) from None
+
+
+def meta_json(meta: dict, key: str, path: str | os.PathLike, default: Any = None) -> Any:
+    """A JSON value stored as a string in a file's metadata; an unreadable one is a one-line error naming the file."""
+    if key not in meta:
+        return default
+    try:
+        return json.loads(meta[key])
+    except (ValueError, TypeError) as e:
+        raise _damaged(Path(path), e) from None
+
+
+def load_npz(path: str | os.PathLike, *, fix: str | None = None) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file lowloss wrote, read eagerly (no pickles); a damaged, cut-short, empty or
+    foreign file is a one-line error naming it."""
+    import zipfile
+
+    path = Path(path)
+    _readable(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except PermissionError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
+        raise _damaged(path, e, fix) from None
+
+
+def save_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Arrays as .npz, atomically (a temporary name, then renamed)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
 
 def jsonable(obj: Any) -> Any:

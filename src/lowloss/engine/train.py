@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..utils import LowlossError, atomic_path, progress
+from ..utils import LowlossError, atomic_path, echo, load_tensors, progress
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -186,11 +186,14 @@ class Trainer:
         path = self._ckpt_path()
         if path is None or not path.exists():
             return False
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-        t = load_file(str(path))
+        try:
+            t, meta = load_tensors(path)
+            history = json.loads(meta["history"])
+            epoch, step = int(meta["epoch"]), int(meta["step"])
+        except (LowlossError, KeyError, ValueError):  # a damaged checkpoint is not trusted: train from the start
+            echo(f"{path} is damaged; starting this training over", self.quiet)
+            path.unlink(missing_ok=True)
+            return False
         for k, p in self.params.items():
             if f"param/{k}" not in t:
                 raise LowlossError(f"checkpoint {path} lacks parameter '{k}': it belongs to a different run; "
@@ -213,9 +216,9 @@ class Trainer:
         torch.set_rng_state(t["rng/torch"])
         if "rng/cuda" in t and torch.cuda.is_available():
             torch.cuda.set_rng_state(t["rng/cuda"])
-        self.state.epoch = int(meta["epoch"])
-        self.step = int(meta["step"])
-        self.state.history = json.loads(meta["history"])
+        self.state.epoch = epoch
+        self.step = step
+        self.state.history = history
         return True
 
     # ---------------------------------------------------------------- loop

@@ -46,7 +46,7 @@ from ..rundir import (
     save_tensors,
 )
 from ..subspaces.curves import Curve, Line, curve_class, make_curve
-from ..utils import LowlossError, progress, seed_everything
+from ..utils import LowlossError, load_tensor_metadata, meta_json, progress, seed_everything
 
 INPUTS = {"metavar": "RUN_A RUN_B", "nargs": 2}
 CURVE_FILE = "curve.safetensors"
@@ -266,7 +266,11 @@ def _evaluate(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool
     t = torch.linspace(0, 1, cfg.points, dtype=torch.float64)
     partial = {}
     if run_dir.resuming and run_dir.file(PARTIAL_FILE).exists():
-        partial = run_dir.read_json(PARTIAL_FILE)
+        try:
+            partial = run_dir.read_json(PARTIAL_FILE)
+        except LowlossError:  # a damaged partial evaluation is recomputed, not trusted
+            partial = {}
+        partial = partial if isinstance(partial, dict) else {}
     total = 2 + 2 * cfg.points
     bar = progress(total=total, desc="evaluate path", quiet=quiet, unit="pt")
     try:
@@ -325,10 +329,7 @@ def _read_curve(directory, device=None, *, controls: bool = True) -> tuple[Curve
         raise LowlossError(f"{directory} has no {CURVE_FILE}: it is not a finished `lowloss connect` run (an "
                            "interrupted one continues with the same command and --resume)")
     if not controls:
-        from safetensors import safe_open
-
-        with safe_open(str(f), "pt") as fh:
-            return None, json.loads((fh.metadata() or {}).get("runs", "[]"))
+        return None, meta_json(load_tensor_metadata(f), "runs", f, [])
     tensors, meta = load_tensors(f, device)
     n = int(meta.get("num_bends", len(tensors) - 2)) + 2
     try:
@@ -336,12 +337,12 @@ def _read_curve(directory, device=None, *, controls: bool = True) -> tuple[Curve
     except KeyError as e:
         raise LowlossError(f"{f} lacks {e}: it was not written by lowloss connect") from None
     kind = meta.get("curve", "bezier")
-    free = json.loads(meta.get("free_endpoints", "false"))
+    free = bool(meta_json(meta, "free_endpoints", f, False))
     if kind == "line":
         curve = Line(points[0], points[-1])
     else:
         curve = curve_class(kind)(points, [free] + [True] * (n - 2) + [free])
-    return curve, json.loads(meta.get("runs", "[]"))
+    return curve, meta_json(meta, "runs", f, [])
 
 
 def load_controls(directory, device=None) -> Curve:

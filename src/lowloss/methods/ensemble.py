@@ -35,7 +35,7 @@ from ..rundir import (
     run_method,
     save_tensors,
 )
-from ..utils import LowlossError, progress
+from ..utils import LowlossError, meta_json, progress
 from .predictor import Predictor, load_predictor
 
 INPUTS = {"metavar": "DIRS", "nargs": -1}
@@ -171,7 +171,7 @@ def model_and_data(meta: dict, directory: Path, device=None):
         run = load_run(find_run(base, Path(directory)), device=device)
         return run.model, run.data
     if meta.get("config"):
-        return build_from_config(json.loads(meta["config"]), device=device)
+        return build_from_config(meta_json(meta, "config", directory), device=device)
     raise LowlossError(f"{directory}: metadata names neither a base run nor a config")
 
 

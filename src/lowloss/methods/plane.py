@@ -29,10 +29,10 @@ from torch import nn
 
 from ..config import option, replace, require, split_list
 from ..engine.evaluate import evaluate_vectors
-from ..rundir import RunDir, load_runs, load_tensors, read_result, run_method
+from ..rundir import RunDir, load_npz, load_runs, load_tensors, read_result, run_method, save_npz
 from ..subspaces.curves import bezier_coefficients, polychain_coefficients
 from ..subspaces.plane import ORIGINS, Plane, grid_axes, grid_coordinates
-from ..utils import LowlossError, atomic_path, echo, progress, seed_everything
+from ..utils import LowlossError, echo, progress, seed_everything
 
 RESUME_BY_DEFAULT = True  # re-running a plane continues from its saved chunks
 INPUTS = {"metavar": "RUN_A RUN_B RUN_C", "nargs": -1, "required": False}
@@ -224,12 +224,20 @@ def _read_chunks(chunk_dir: Path, total: int, metrics) -> tuple[dict, np.ndarray
     done = np.zeros(total, bool)
     seconds = 0.0
     for f in sorted(chunk_dir.glob("c_*.npz")):
-        with np.load(f) as z:
+        try:  # a damaged chunk (or one without these metrics) is recomputed, not trusted
+            z = load_npz(f)
             a, b = int(z["start"]), int(z["stop"])
-            for m in metrics:
-                values[m][a:b] = z[m]
-            done[a:b] = True
-            seconds += float(z["seconds"])
+            got = {m: np.asarray(z[m], dtype=float) for m in metrics}
+            if not (0 <= a < b <= total) or any(v.shape != (b - a,) for v in got.values()):
+                raise ValueError("wrong range or shape")
+            sec = float(z["seconds"])
+        except (LowlossError, KeyError, ValueError, TypeError):
+            f.unlink(missing_ok=True)
+            continue
+        for m in metrics:
+            values[m][a:b] = got[m]
+        done[a:b] = True
+        seconds += sec
     return values, done, seconds
 
 
@@ -248,9 +256,7 @@ def _missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    save_npz(path, arrays)
 
 
 def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors: PlaneInputs | None = None,
@@ -285,7 +291,14 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
     chunk_dir = run_dir.file(CHUNK_DIR)
     chunk_dir.mkdir(parents=True, exist_ok=True)
     state = f"{CHUNK_DIR}/{STATE_FILE}"
-    if run_dir.file(state).exists() and run_dir.read_json(state) != fp:
+    try:
+        before = run_dir.read_json(state) if run_dir.file(state).exists() else None
+    except LowlossError:  # a damaged record: the chunks beside it cannot be trusted, recompute them
+        echo(f"{run_dir.file(state)} is damaged; recomputing the plane's saved chunks", quiet)
+        for f in chunk_dir.glob("c_*.npz"):
+            f.unlink(missing_ok=True)
+        before = None
+    if before is not None and before != fp:
         raise LowlossError(f"{run_dir.path} holds an interrupted plane through other points or with other "
                            "settings: rerun with the original inputs, or pass --fresh to restart")
     run_dir.write_json(state, fp)
@@ -393,8 +406,7 @@ def load(path, device=None) -> dict:
     simplex) and ``basis``: the tensors origin, u, v (w(x, y) = origin + x u + y v)."""
     path = Path(path)
     read_result(path, "plane", needs=(PLANE_FILE, BASIS_FILE))
-    with np.load(path / PLANE_FILE) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = load_npz(path / PLANE_FILE)
     basis, _ = load_tensors(path / BASIS_FILE, device)
     return {**arrays, "basis": basis}
 

@@ -1,4 +1,5 @@
-"""Dataset-shift benchmark (Ovadia et al. 2019, CIFAR-10-C style corruptions) of ensembles of RUN...
+"""Dataset-shift benchmark (Ovadia et al. 2019: CIFAR-10-C style corruptions and rotations of images; for
+MNIST-1D the generator's noise, shear, scale and translation turned up) of ensembles of RUN...
 
 Methods: single (one RUN), ensemble (all RUNs, when there are several), multiswa / multiswag (--swag:
 the ensemble of the SWAG means, and --samples draws in all spread over the SWAG posteriors), espro
@@ -26,12 +27,16 @@ from .. import metrics as M
 from ..config import option, replace, require
 from ..corruptions import (
     CORRUPTIONS,
+    SIGNAL_SHIFTS,
     corrupt_pixels,
-    corrupt_split,
+    is_signal,
     parse_corruptions,
     parse_severities,
     pixel_stats,
+    shift_names,
+    shift_split,
 )
+from ..errors import LowlossError
 from ..rundir import RunDir, load_tensors, read_result, run_method, save_tensors
 from ..utils import echo, progress
 from . import swag
@@ -62,7 +67,8 @@ class Config(HeldOut):
                                        "means) and multiswag (samples).", multiple=True, metavar="DIR")
     espro: tuple[str, ...] = option((), "ESPRO run (lowloss espro) or simplex run (lowloss simplex), repeatable: "
                                         "adds espro.", multiple=True, metavar="DIR")
-    corruptions: str = option("all", "'all' (every corruption that fits the images: saturate needs colour) or "
+    corruptions: str = option("all", "'all' (every corruption that fits the images: saturate needs colour; for "
+                                     "MNIST-1D every generator shift: noise, shear, scale, translation) or "
                                      "names, comma-separated.")
     severities: str = option("1-5", "Severities: 1-5, 3 or 1,3,5.")
     samples: int = option(30, "MultiSWAG samples in all; ESPRO samples per simplex.")
@@ -73,7 +79,10 @@ class Config(HeldOut):
         super().check()
         self.swag = (self.swag,) if isinstance(self.swag, str) else tuple(str(p) for p in self.swag)
         self.espro = (self.espro,) if isinstance(self.espro, str) else tuple(str(p) for p in self.espro)
-        parse_corruptions(self.corruptions)
+        if self.corruptions.strip().lower() != "all":
+            names = [n.strip().replace("-", "_") for n in self.corruptions.split(",") if n.strip()]
+            if not all(n in SIGNAL_SHIFTS for n in names):
+                parse_corruptions(self.corruptions)
         parse_severities(self.severities)
         require(self.samples >= 1, f"--samples must be >= 1 (got {self.samples})")
         for flag, paths in (("--swag", self.swag), ("--espro", self.espro)):
@@ -143,10 +152,15 @@ class LogitCache:
         return self.root is not None and self.path(method, key).exists()
 
     def get(self, method: str, key: str):
+        """The cached (logits, labels), or None when absent or damaged (a damaged entry is recomputed)."""
         if not self.has(method, key):
             return None
-        t, _ = load_tensors(self.path(method, key))
-        return t["logits"], t["labels"]
+        try:
+            t, _ = load_tensors(self.path(method, key))
+            return t["logits"], t["labels"]
+        except (LowlossError, KeyError):
+            self.path(method, key).unlink(missing_ok=True)
+            return None
 
     def put(self, method: str, key: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if self.root is not None:
@@ -201,30 +215,38 @@ def run_shift(methods: dict[str, Predictor], data, corruptions, severities, cach
 
     result: dict = {name: {} for name in all_names}
     result["temperature_scaled"] = {name: {} for name in all_names}
+    per_member: dict = {}
     jobs = [(c, s) for c in corruptions for s in severities]
     for c, s in progress(jobs, desc="shift", quiet=quiet, unit="setting"):
         key = f"{c}_{s}"
         todo = [n for n in names if not cache.has(n, key)]
-        split = corrupt_split(plan.eval, data, c, s, seed=seed) if todo else None
+        split = shift_split(plan.eval, data, c, s, seed=seed) if todo else None
         for name in all_names:
             src = derived.get(name, name)
             lg, y = logits_for(src, key, split)
             lg = view(name, lg)
             result[name].setdefault(c, {})[str(s)] = _metrics(lg, y)
             result["temperature_scaled"][name].setdefault(c, {})[str(s)] = _metrics(lg, y, temps[name])
+            if name == "ensemble":  # every member on its own: the seed spread of "single"
+                per_member.setdefault(c, {})[str(s)] = [_metrics(lg[i:i + 1], y) for i in range(lg.shape[0])]
     result["clean"] = {**clean, "temperature_scaled": clean_ts}
+    if per_member:
+        le, ye = logits_for("ensemble", "clean_eval", plan.eval)
+        result["members"] = {"clean": [_metrics(le[i:i + 1], ye) for i in range(le.shape[0])], **per_member}
     result["info"] = {"methods": all_names, "members": members, "temperatures": temps, "temperature_notes": notes,
                       "corruptions": list(corruptions), "severities": list(severities), "seed": seed,
                       "calibration": plan.info, "data": data.describe(),
                       "layout": "[method][corruption][severity] = {accuracy, nll, ece, brier}; the same under "
-                                "'temperature_scaled'; clean (uncorrupted evaluation half) under 'clean'"}
+                                "'temperature_scaled'; clean (uncorrupted evaluation half) under 'clean'; "
+                                "each member of 'ensemble' alone under members[corruption][severity] (a list) "
+                                "and members['clean']"}
     return result
 
 
 def gallery(data, corruptions, seed: int = 0) -> dict[str, torch.Tensor] | None:
     """The first test image ("clean", [C, H, W] in [0, 1]) and it under every corruption at severities 1-5
     ("<corruption>/<severity>"); None when the test split is not held in memory."""
-    if not hasattr(data.test, "x"):
+    if not hasattr(data.test, "x") or is_signal(data):
         return None
     mean, std = pixel_stats(data)
     x0 = (data.test.x[:1].cpu().double() * std + mean).clamp(0, 1)
@@ -247,9 +269,7 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict
     else:
         methods["single"] = run_predictor(runs[0], device=device)
     data = next(iter(methods.values())).data
-    require(len(data.input_shape) == 3,
-            f"the runs use {data.name}, not an image dataset; corruptions need [C, H, W] images")
-    names = parse_corruptions(config.corruptions, data.input_shape[0])
+    names = shift_names(config.corruptions, data)
     gen = torch.Generator().manual_seed(config.seed)
     if config.swag:
         methods.update(swag_methods(config.swag, config.samples, gen, device=device))

@@ -43,9 +43,9 @@ from ..config import option, require
 from ..engine.evaluate import evaluate_vector
 from ..engine.fit import FitConfig, fit_subspace
 from ..engine.schedules import SCHEDULES
-from ..rundir import CHECKPOINT_FILE, find_run, load_run, load_tensors, save_tensors
+from ..rundir import CHECKPOINT_FILE, find_run, load_run, load_tensors, save_npz, save_tensors
 from ..subspaces.simplex import Complex, pairwise_sq_dists, restrict_simplexes
-from ..utils import LowlossError, atomic_path, echo
+from ..utils import LowlossError, echo, meta_json
 
 SIMPLEX_FILE = "simplex.safetensors"
 PROGRESS_FILE = "progress.safetensors"
@@ -195,7 +195,7 @@ def load_simplex(directory: str | Path, device=None) -> dict:
                 if (directory / PROGRESS_FILE).exists() else "")
         raise LowlossError(f"{directory} has no {SIMPLEX_FILE}{hint}")
     tensors, raw = load_tensors(path, device=device)
-    meta = {k: json.loads(v) for k, v in raw.items()}
+    meta = {k: meta_json(raw, k, path) for k in raw}
     vertices = _vertex_list(tensors, path)
     if not vertices:
         raise LowlossError(f"{path} holds no vertex_0 .. vertex_k")
@@ -233,9 +233,7 @@ def save_structure(path: Path, cplx: Complex) -> Path:
     for i, s in enumerate(cplx.simplexes):
         simplexes[i, : len(s)] = s
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sq_dists=d, log_volumes=lvs, simplexes=simplexes, kinds=np.array(list(cplx.kinds)))
+    save_npz(path, {"sq_dists": d, "log_volumes": lvs, "simplexes": simplexes, "kinds": np.array(list(cplx.kinds))})
     return path
 
 
@@ -264,13 +262,21 @@ def grow_complex(model: nn.Module, data, fixed: Sequence[torch.Tensor], simplexe
     n_fixed = len(fixed)
     vertices = list(fixed)
     logs: list[dict] = []
+    progress_saved = None
     if out is not None and resume and (out / PROGRESS_FILE).exists():
-        tensors, meta = load_tensors(out / PROGRESS_FILE, device=fixed[0].device)
+        try:
+            tensors, meta = load_tensors(out / PROGRESS_FILE, device=fixed[0].device)
+            progress_saved = tensors, meta, meta_json(meta, "logs", out / PROGRESS_FILE, [])
+        except LowlossError:  # damaged progress is not trusted: the vertices are grown again
+            echo(f"{out / PROGRESS_FILE} is damaged; growing the complex again", quiet)
+            (out / PROGRESS_FILE).unlink(missing_ok=True)
+    if progress_saved is not None:
+        tensors, meta, saved_logs = progress_saved
         vs = _vertex_list(tensors, out / PROGRESS_FILE)
         if len(vs) < n_fixed or any(not torch.equal(a.to(b.dtype), b) for a, b in zip(vs[:n_fixed], fixed)):
             raise LowlossError(f"{out / PROGRESS_FILE} was grown from other modes; use a new --out")
         vertices = [v.to(fixed[0].dtype) for v in vs]
-        logs = json.loads(meta.get("logs", "[]"))
+        logs = list(saved_logs)
         echo(f"resuming: {len(vertices) - n_fixed} of {num_connectors} connectors already trained", quiet)
     dev = fixed[0].device
     fit = FitConfig(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, wd=cfg.wd, batch_size=cfg.batch_size,

@@ -21,7 +21,6 @@ the mean and --samples sampled curves is reported. Evaluate any of them later wi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -39,7 +38,7 @@ from ..engine.fit import FitConfig, fit_subspace
 from ..engine.train import Stateful
 from ..rundir import RunDir, load_run, load_tensors, read_result, run_method
 from ..subspaces.gaussian import SwagGaussian
-from ..utils import LowlossError, progress, resolve_device, seed_everything
+from ..utils import LowlossError, meta_json, progress, resolve_device, seed_everything
 from . import swa
 from .ensemble import ensemble_curve, member_probs, model_and_data
 from .predictor import Predictor
@@ -187,7 +186,7 @@ def _curve_swag_predictor(path: Path, tensors, meta, device, samples, scale, dia
     from .connect import load_curve
 
     curve, run = load_curve(meta["curve"], device=device)
-    bends = json.loads(meta["bends"])
+    bends = meta_json(meta, "bends", path / SWAG_FILE)
     dev = curve.device
     g = gaussian_from({k: v.to(dev) for k, v in tensors.items()}, meta, scale, diagonal)
     dtype = next(iter(run.model.parameters())).dtype

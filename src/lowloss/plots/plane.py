@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rundir import load_npz
 from . import plt, save_figure
 
 TITLES = {"train_loss": "train loss", "train_error": "train error", "test_loss": "test loss (NLL)",
@@ -80,8 +81,7 @@ def plot_plane(npz: dict, metric: str, path: str | Path, title: str | None = Non
 def plot_planes(directory: str | Path, metrics=None) -> list[Path]:
     """DIR/plane_<metric>.png for every metric in DIR/plane.npz (or the given ones)."""
     directory = Path(directory)
-    with np.load(directory / "plane.npz") as z:
-        npz = {k: z[k] for k in z.files}
+    npz = load_npz(directory / "plane.npz")
     metrics = metrics or [m for m in TITLES if m in npz]
     return [plot_plane(npz, m, directory / f"plane_{m}.png") for m in metrics]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import LowlossError
+from ..rundir import load_npz
 from . import plt, save_figure
 
 STRUCTURE_FILE = "structure.npz"
@@ -58,10 +60,15 @@ def _hull(points: np.ndarray) -> np.ndarray:
 
 def read_structure(directory) -> dict:
     """DIR/structure.npz as {"sq_dists": [n, n], "log_volumes": [S], "simplexes": [tuple], "kinds": [str]}."""
-    with np.load(Path(directory) / STRUCTURE_FILE) as z:
-        return {"sq_dists": z["sq_dists"], "log_volumes": z["log_volumes"],
-                "simplexes": [tuple(int(i) for i in row if i >= 0) for row in z["simplexes"]],
-                "kinds": [str(k) for k in z["kinds"]]}
+    path = Path(directory) / STRUCTURE_FILE
+    z = load_npz(path)
+    missing = [k for k in ("sq_dists", "log_volumes", "simplexes", "kinds") if k not in z]
+    if missing:
+        raise LowlossError(f"{path} lacks {', '.join(missing)}: it is not a file lowloss wrote; re-run the "
+                           "command that wrote it")
+    return {"sq_dists": z["sq_dists"], "log_volumes": z["log_volumes"],
+            "simplexes": [tuple(int(i) for i in row if i >= 0) for row in z["simplexes"]],
+            "kinds": [str(k) for k in z["kinds"]]}
 
 
 def plot_complex_structure(structure: dict, path, title: str = "simplicial complex"):

@@ -70,7 +70,9 @@ def plot_reliability(entries: dict[str, dict], path: str | Path, title: str = ""
 
 def plot_shift(result: dict, path: str | Path, metrics=("accuracy", "nll", "ece")) -> Path:
     """Ovadia et al.'s figure: for each metric, box plots over corruptions at every severity (plus the clean
-    test data), one colour per method; top row without, bottom row with temperature scaling."""
+    test data), one colour per method; top row without, bottom row with temperature scaling. With per-member
+    numbers (result["members"]) the top row also shows the single model's mean over corruptions with error
+    bars of 2 standard errors over the members' seeds."""
     import matplotlib.patheffects as pe
 
     methods = result["info"]["methods"]
@@ -100,6 +102,18 @@ def plot_shift(result: dict, path: str | Path, metrics=("accuracy", "nll", "ece"
                     med.set_color(colour(name, j))
                     med.set_linewidth(2.5)
                     med.set_path_effects([pe.Stroke(linewidth=3.5, foreground="black"), pe.Normal()])
+            if not scaled and result.get("members"):  # single model: mean over member seeds with 2-SE bars
+                mem = result["members"]
+                per = [[r[metric] for r in mem["clean"]]] + [
+                    np.mean([[r[metric] for r in mem[c][s]] for c in mem if c != "clean" and s in mem[c]], 0)
+                    for s in sevs]
+                per = [np.asarray(v, float) for v in per]
+                n = len(per[0])
+                ax.errorbar(np.arange(len(groups)), [v.mean() for v in per],
+                            yerr=[2 * v.std(ddof=1) / np.sqrt(n) if n > 1 else 0 for v in per], color="black",
+                            marker="o", ms=3, lw=0.8, capsize=3, zorder=5,
+                            label=f"single, mean over corruptions ± 2 SE over {n} seeds")
+                ax.legend(loc="best", fontsize=7)
             ax.set_xticks(np.arange(len(groups)))
             ax.set_xticklabels(["test"] + sevs)
             ax.set_xlabel("shift intensity (severity)")
@@ -112,7 +126,7 @@ def plot_shift(result: dict, path: str | Path, metrics=("accuracy", "nll", "ece"
     members = result["info"].get("members", {})
     labels = [f"{n} ({members.get(n, '?')})" for n in methods]
     d = result["info"].get("data", {}).get("name", "")
-    fig.suptitle(f"dataset shift on {d}: each box spans {len(result['info']['corruptions'])} corruption(s) "
+    fig.suptitle(f"dataset shift on {d}: each box spans {len(result['info']['corruptions'])} shift(s) "
                  f"({result['info']['calibration'].get('eval_size', '?')} test images each)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(methods), frameon=False, fontsize=10,
