@@ -181,29 +181,65 @@ def collect_every(take: Callable[[int], None], every: int, start: int) -> Collec
     return Collect(take, every=every, first=start + every - 1)
 
 
-# ---------------------------------------------------------------------------------------------------- method
-def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: Dataset | None = None,
-        stop_after_epochs: int | None = None) -> dict:
-    """SWA from the run inputs[0]; writes model.safetensors (BN recomputed for the average) and run.json."""
-    base = inputs[0]
+@dataclass
+class Trajectory:
+    """What :func:`follow_trajectory` ran: the base run (its module trained further), the trainer and the
+    collection plan."""
+
+    run: object
+    trainer: Trainer
+    every: int
+    start: int
+    n_batches: int
+    t0: float
+
+    @property
+    def stopped(self) -> bool:
+        return self.trainer.state.epoch < self.trainer.epochs
+
+
+def follow_trajectory(config, base: str, run_dir: RunDir, collectors: Mapping[str, Stateful], *, quiet: bool,
+                      data: Dataset | None, stop_after_epochs: int | None) -> Trajectory:
+    """The SGD trajectory SWA and SWAG share: from the run `base`, with the config's schedule (and the base
+    run's momentum, wd and batch size unless given); after each collection step every collector's
+    ``update(vector)`` is called, in the order given. A run stopped early releases `run_dir`'s lock."""
     run = load_run(base, device=config.device, data=data)
     hp = base_values(config, base)
     n_batches = run.data.train.num_batches(hp["batch_size"])
     lr_at_step, every, start = trajectory_plan(config, n_batches)
     gen = seed_everything(config.seed)
     model = run.model
-    avg = RunningAverage()
+    first = next(iter(collectors.values()))
+
+    def take(t):
+        v = P.flatten(model)
+        for c in collectors.values():
+            c.update(v)
+
     t0 = time.time()
-    trainer = train_trajectory(model, run.data, lr_at_step, collect_every(lambda t: avg.update(P.flatten(model)),
-                                                                         every, start),
-                               {"swa": avg}, epochs=config.epochs, momentum=hp["momentum"], wd=hp["wd"],
+    trainer = train_trajectory(model, run.data, lr_at_step, collect_every(take, every, start), dict(collectors),
+                               epochs=config.epochs, momentum=hp["momentum"], wd=hp["wd"],
                                batch_size=hp["batch_size"], generator=gen, device=run.device,
                                run_dir=run_dir.path, resume=run_dir.resuming, quiet=quiet,
-                               desc=f"swa {run_dir.path.name}", after_epoch=lambda e: {"collected": avg.n},
-                               stop_after_epochs=stop_after_epochs)
-    if trainer.state.epoch < config.epochs:
+                               desc=f"{run_dir.method} {run_dir.path.name}",
+                               after_epoch=lambda e: {"collected": first.n}, stop_after_epochs=stop_after_epochs)
+    tr = Trajectory(run, trainer, every, start, n_batches, t0)
+    if tr.stopped:
         run_dir.release()
-        return {"stopped_after_epoch": trainer.state.epoch}
+    return tr
+
+
+# ---------------------------------------------------------------------------------------------------- method
+def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: Dataset | None = None,
+        stop_after_epochs: int | None = None) -> dict:
+    """SWA from the run inputs[0]; writes model.safetensors (BN recomputed for the average) and run.json."""
+    avg = RunningAverage()
+    tr = follow_trajectory(config, inputs[0], run_dir, {"swa": avg}, quiet=quiet, data=data,
+                           stop_after_epochs=stop_after_epochs)
+    if tr.stopped:
+        return {"stopped_after_epoch": tr.trainer.state.epoch}
+    run, trainer, model, every, start, n_batches, t0 = (tr.run, tr.trainer, tr.run.model, tr.every, tr.start,
+                                                        tr.n_batches, tr.t0)
     last_sgd = P.flatten(model).clone()
     last_bufs = {k: v.clone() for k, v in P.buffers(model).items()}
     bufs = bn_buffers_for(model, avg.mean, run.data.train)

@@ -36,13 +36,13 @@ from ..data import Dataset
 from ..engine.evaluate import bn_buffers_for, evaluate_vector, evaluate_vectors
 from ..engine.fit import FitConfig, fit_subspace
 from ..engine.train import Stateful
-from ..rundir import RunDir, load_run, load_tensors, read_result, run_method
+from ..rundir import RunDir, load_tensors, read_result, run_method
 from ..subspaces.gaussian import SwagGaussian
 from ..utils import LowlossError, meta_json, progress, resolve_device, seed_everything
 from . import swa
 from .ensemble import ensemble_curve, member_probs, model_and_data
 from .predictor import Predictor
-from .swa import RunningAverage, base_values, collect_every, train_trajectory, trajectory_plan
+from .swa import RunningAverage, base_values, collect_every, trajectory_plan
 
 INPUTS = {"metavar": "RUNS", "nargs": -1, "required": False}
 SWAG_FILE = "swag.safetensors"
@@ -268,29 +268,13 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: D
 
 def _fit_one(config: Config, base: str, run_dir: RunDir, quiet: bool, data: Dataset | None,
              stop_after_epochs: int | None) -> dict:
-    run = load_run(base, device=config.device, data=data)
-    hp = base_values(config, base)
-    n_batches = run.data.train.num_batches(hp["batch_size"])
-    lr_at_step, every, start = trajectory_plan(config, n_batches)
-    gen = seed_everything(config.seed)
-    model = run.model
     moments, avg = SwagMoments(config.rank), RunningAverage()
-
-    def take(t):
-        v = P.flatten(model)
-        moments.update(v)
-        avg.update(v)
-
-    t0 = time.time()
-    trainer = train_trajectory(model, run.data, lr_at_step, collect_every(take, every, start),
-                               {"swag": moments, "swa": avg}, epochs=config.epochs, momentum=hp["momentum"],
-                               wd=hp["wd"], batch_size=hp["batch_size"], generator=gen, device=run.device,
-                               run_dir=run_dir.path, resume=run_dir.resuming, quiet=quiet,
-                               desc=f"swag {run_dir.path.name}", after_epoch=lambda e: {"collected": moments.n},
+    tr = swa.follow_trajectory(config, base, run_dir, {"swag": moments, "swa": avg}, quiet=quiet, data=data,
                                stop_after_epochs=stop_after_epochs)
-    if trainer.state.epoch < config.epochs:
-        run_dir.release()
-        return {"stopped_after_epoch": trainer.state.epoch}
+    if tr.stopped:
+        return {"stopped_after_epoch": tr.trainer.state.epoch}
+    run, trainer, model, every, start, n_batches, t0 = (tr.run, tr.trainer, tr.run.model, tr.every, tr.start,
+                                                        tr.n_batches, tr.t0)
     run_dir.save_tensors(SWAG_FILE, *swag_file(moments, base_run=base, scale=config.scale))
     info = {"kind": "swag", "seed": config.seed, "n_models": moments.n,
             "collected_deviations": moments.collected_deviations, "collect_every_steps": every, "start_step": start,
