@@ -214,7 +214,7 @@ class RunDir:
                            "new --out or try again")
 
     def release(self) -> None:
-        """Drop the lock (done by :meth:`finish`; call it when a run stops early on purpose)."""
+        """Drop the lock (done by :meth:`finish`, and by `run_method` however `fit` ends)."""
         if self._locked:
             self._locked = False
             try:

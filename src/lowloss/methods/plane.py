@@ -343,7 +343,6 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
     bar.close()
     elapsed = time.perf_counter() - t_start
     if stopped and not done.all():
-        run_dir.release()
         return {"finished": False, "computed": int(done.sum()), "total": total}
 
     computed_now = total - resumed

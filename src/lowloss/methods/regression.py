@@ -159,7 +159,6 @@ def fit_mode(config: ModeConfig, inputs, run_dir: RunDir, *, quiet: bool = False
     t0 = time.time()
     trainer.run(resume=run_dir.resuming, stop_after_epochs=stop_after_epochs)
     if trainer.state.epoch < config.epochs:  # stopped early on purpose: the checkpoint resumes it
-        run_dir.release()
         return {"stopped_after_epoch": trainer.state.epoch}
     with torch.no_grad():
         final = float(task_loss(data.train.x, data.train.y, trainer.step)[0])

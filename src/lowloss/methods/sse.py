@@ -74,7 +74,6 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: D
         device=resolve_device(config.device), run_dir=run_dir, quiet=quiet, desc=f"sse {run_dir.path.name}",
         stop_after_epochs=stop_after_epochs)
     if trainer.state.epoch < trainer.epochs:
-        run_dir.release()
         return {"stopped_after_epoch": trainer.state.epoch}
     run_dir.save_tensors(MEMBERS_FILE, *members_file(collector.members, method="sse", config=arch,
                                                      extra_meta={"steps": collector.steps, "lrs": collector.lrs}))

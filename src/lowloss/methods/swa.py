@@ -202,7 +202,7 @@ def follow_trajectory(config, base: str, run_dir: RunDir, collectors: Mapping[st
                       data: Dataset | None, stop_after_epochs: int | None) -> Trajectory:
     """The SGD trajectory SWA and SWAG share: from the run `base`, with the config's schedule (and the base
     run's momentum, wd and batch size unless given); after each collection step every collector's
-    ``update(vector)`` is called, in the order given. A run stopped early releases `run_dir`'s lock."""
+    ``update(vector)`` is called, in the order given."""
     run = load_run(base, device=config.device, data=data)
     hp = base_values(config, base)
     n_batches = run.data.train.num_batches(hp["batch_size"])
@@ -223,10 +223,7 @@ def follow_trajectory(config, base: str, run_dir: RunDir, collectors: Mapping[st
                                run_dir=run_dir.path, resume=run_dir.resuming, quiet=quiet,
                                desc=f"{run_dir.method} {run_dir.path.name}",
                                after_epoch=lambda e: {"collected": first.n}, stop_after_epochs=stop_after_epochs)
-    tr = Trajectory(run, trainer, every, start, n_batches, t0)
-    if tr.stopped:
-        run_dir.release()
-    return tr
+    return Trajectory(run, trainer, every, start, n_batches, t0)
 
 
 # ---------------------------------------------------------------------------------------------------- method

@@ -344,7 +344,6 @@ def _fit_curve(config: Config, run_dir: RunDir, quiet: bool) -> dict:
                            after_step=collect_every(take, every, start),
                            after_epoch=lambda e: {"collected": moments.n}, extra={"swag": moments})
     if len(history) < config.epochs:
-        run_dir.release()
         return {"stopped_after_epoch": len(history)}
     run_dir.save_tensors(SWAG_FILE, *swag_file(
         moments, base_run=run.path, scale=config.scale,

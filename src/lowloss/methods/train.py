@@ -95,7 +95,6 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, data: D
     t0 = time.time()
     trainer.run(resume=run_dir.resuming, stop_after_epochs=stop_after_epochs)
     if trainer.state.epoch < config.epochs:  # stopped early on purpose: the checkpoint resumes it
-        run_dir.release()
         return {"stopped_after_epoch": trainer.state.epoch}
     final = evaluate_vector(model, P.flatten(model), data) if classification else {}
     final = {"train": {k: final["train"][k] for k in ("loss", "accuracy")}, "test": final["test"]} if final else {}

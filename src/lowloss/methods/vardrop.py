@@ -339,7 +339,6 @@ def _fit_network(config: Config, run_dir: RunDir, *, quiet: bool, data: Dataset 
     t0 = time.time()
     trainer.run(resume=run_dir.resuming, stop_after_epochs=stop_after_epochs)
     if trainer.state.epoch < config.epochs:  # stopped early on purpose: the checkpoint resumes it
-        run_dir.release()
         return {"stopped_after_epoch": trainer.state.epoch}
     train_seconds = time.time() - t0
     torch.manual_seed(config.seed + 1)
@@ -385,7 +384,6 @@ def _fit_comparison(config: Config, posts: tuple[str, ...], run_dir: RunDir, *, 
         info = run_method(sys.modules[__name__], replace(config, posterior=post), None, run_dir.sub(post),
                           resume=run_dir.resuming, quiet=quiet, data=data, stop_after_epochs=stop_after_epochs)
         if "stopped_after_epoch" in info:
-            run_dir.release()
             return info
         infos[post] = info
         echo(_network_line(post, info), quiet)
