@@ -210,3 +210,12 @@ def test_cli_plane_through_three_runs_and_a_curve(tmp_path, capsys):
     z = np.load(pc / "plane.npz")
     np.testing.assert_allclose(z["curve_coords"][[0, -1]], z["point_coords"][:2], atol=1e-4)
     assert (pc / "plane_train_loss.png").exists()
+
+
+def test_plane_task_coordinates_match_the_row_major_grid():
+    from lowloss.methods.plane_grid import PlaneTask
+
+    xs, ys = np.linspace(-1, 2, 5), np.linspace(0, 1, 3)
+    task = PlaneTask(None, None, None, xs, ys, ("test_loss",), ("test",))
+    idx = np.array([0, 4, 5, 7, 14])
+    np.testing.assert_array_equal(task.coordinates(idx).numpy(), grid_coordinates(xs, ys)[idx])

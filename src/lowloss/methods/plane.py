@@ -20,27 +20,32 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..config import option, replace, require, split_list
 from ..engine.evaluate import evaluate_vectors
-from ..rundir import RunDir, load_npz, load_runs, load_tensors, read_result, run_method, save_npz
-from ..subspaces.curves import bezier_coefficients, polychain_coefficients
-from ..subspaces.plane import ORIGINS, Plane, grid_axes, grid_coordinates
-from ..utils import LowlossError, echo, progress, seed_everything
+from ..rundir import RunDir, load_npz, load_tensors, read_result, run_method, save_npz
+from ..subspaces.plane import ORIGINS, Plane, grid_axes
+from ..utils import LowlossError, echo, seed_everything
+from .plane_grid import CHUNK_DIR, STATE_FILE, GridStore, PlaneTask
+from .plane_inputs import (
+    PlaneInputs,
+    curve_coefficients,
+    inputs_from_curve,
+    inputs_from_runs,
+    inputs_from_simplex,
+    simplex_edges,
+)
 
 RESUME_BY_DEFAULT = True  # re-running a plane continues from its saved chunks
 INPUTS = {"metavar": "RUN_A RUN_B RUN_C", "nargs": -1, "required": False}
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 PLANE_FILE = "plane.npz"
 BASIS_FILE = "plane_basis.safetensors"
-CHUNK_DIR = "chunks"
-STATE_FILE = "state.json"
 
 
 def _face(value) -> tuple[int, ...] | None:
@@ -113,84 +118,6 @@ def check_inputs(config: Config, inputs) -> None:
             f"a plane needs exactly three runs (got {len(runs)}); or use --curve / --simplex")
 
 
-@dataclass
-class PlaneInputs:
-    """What a plane is drawn through: the model and data, three labelled anchors, and what to overlay."""
-
-    model: nn.Module
-    data: object
-    labels: list[str]
-    anchors: list[torch.Tensor]  # a, b, c as flat [P] vectors
-    sources: dict = field(default_factory=dict)
-    curve: dict | None = None  # {"kind", "controls": [n, P], "t": [T], "points": [T, P]}
-    simplex: dict | None = None  # {"vertices": [V, P], "labels", "edges": [(i, j)], "simplexes"}
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def curve_coefficients(kind: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    """[T] t -> [T, n] weights of the control points: Bezier (Bernstein; a line is the 2-point Bezier) or
-    polygonal chain (hat functions)."""
-    if kind in ("bezier", "line"):
-        return bezier_coefficients(t, n)
-    if kind == "polychain":
-        return polychain_coefficients(t, n)
-    raise LowlossError(f"unknown curve kind '{kind}' (bezier, polychain or line)")
-
-
-def simplex_edges(simplexes) -> list[tuple[int, int]]:
-    """Every edge (i < j) of every simplex of a complex, once."""
-    edges = set()
-    for s in simplexes:
-        for a in range(len(s)):
-            for b in range(a + 1, len(s)):
-                edges.add((min(s[a], s[b]), max(s[a], s[b])))
-    return sorted(edges)
-
-
-def inputs_from_runs(run_dirs, device=None) -> PlaneInputs:
-    """The plane through three finished runs of one architecture."""
-    if len(run_dirs) != 3:
-        raise LowlossError(f"a plane needs exactly three runs (got {len(run_dirs)}); or use --curve / --simplex")
-    runs = load_runs(run_dirs, device=device)
-    return PlaneInputs(runs[0].model, runs[0].data, [Path(r).name for r in run_dirs],
-                       [r.vector for r in runs], {"runs": [str(r) for r in run_dirs]})
-
-
-def inputs_from_curve(curve_dir, device=None, num_points: int = 61) -> PlaneInputs:
-    """The plane through a curve's endpoints and middle control point, the curve projected on it."""
-    from .connect import curve_runs, load_curve
-
-    curve, run = load_curve(curve_dir, device=device)
-    runs = curve_runs(curve_dir)
-    controls = curve.controls().detach().to(run.vector)
-    n = controls.shape[0]
-    mid = n // 2
-    t = torch.linspace(0, 1, num_points, dtype=torch.float64)
-    coeff = curve_coefficients(curve.kind, t, n).to(controls)
-    names = [Path(runs[0]).name, Path(runs[-1]).name] if len(runs) >= 2 else ["A", "B"]
-    labels = [names[0], names[1], "bend" if n == 3 else f"control {mid}"]
-    return PlaneInputs(run.model, run.data, labels, [controls[0], controls[-1], controls[mid]],
-                       {"curve": str(curve_dir), "runs": runs, "curve_kind": curve.kind, "num_controls": n},
-                       curve={"kind": curve.kind, "controls": controls, "t": t, "points": coeff @ controls})
-
-
-def inputs_from_simplex(simplex_dir, face, device=None) -> PlaneInputs:
-    """The plane through three vertices of a simplex or complex, its edges projected on it."""
-    from .spro import load_complex
-
-    cplx, run = load_complex(simplex_dir, device=device)
-    verts = cplx.vertices().detach().to(run.vector)
-    face = [int(i) for i in face]
-    if len(face) != 3 or len(set(face)) != 3 or not all(0 <= i < len(verts) for i in face):
-        raise LowlossError(f"--face needs three different vertex indices in 0..{len(verts) - 1}, got {face}")
-    simplexes = [list(s) for s in cplx.simplexes]
-    labels = [f"v{i}" for i in face]
-    return PlaneInputs(run.model, run.data, labels, [verts[i] for i in face],
-                       {"simplex": str(simplex_dir), "face": face, "base_run": str(run.path)},
-                       simplex={"vertices": verts, "labels": [f"v{i}" for i in range(len(verts))],
-                                "edges": simplex_edges(simplexes), "simplexes": simplexes})
-
-
 def plane_inputs(config: Config, inputs) -> PlaneInputs:
     """The anchors the config and the input runs name (three runs, --curve or --simplex/--face)."""
     check_inputs(config, inputs)
@@ -219,46 +146,6 @@ def _fingerprint(plane: Plane, xs, ys, cfg: Config, sources: dict) -> dict:
             "checksums": [round(float(t @ w), 6) for t in (o, u, v)]}
 
 
-def _read_chunks(chunk_dir: Path, total: int, metrics) -> tuple[dict, np.ndarray, float]:
-    values = {m: np.full(total, np.nan) for m in metrics}
-    done = np.zeros(total, bool)
-    seconds = 0.0
-    for f in sorted(chunk_dir.glob("c_*.npz")):
-        try:  # a damaged chunk (or one without these metrics) is recomputed, not trusted
-            z = load_npz(f)
-            a, b = int(z["start"]), int(z["stop"])
-            got = {m: np.asarray(z[m], dtype=float) for m in metrics}
-            if not (0 <= a < b <= total) or any(v.shape != (b - a,) for v in got.values()):
-                raise ValueError("wrong range or shape")
-            sec = float(z["seconds"])
-        except (LowlossError, KeyError, ValueError, TypeError):
-            f.unlink(missing_ok=True)
-            continue
-        for m in metrics:
-            values[m][a:b] = got[m]
-        done[a:b] = True
-        seconds += sec
-    return values, done, seconds
-
-
-def _missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
-    out, i, n = [], 0, len(done)
-    while i < n:
-        if done[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and not done[j]:
-            j += 1
-        out.append((i, j))
-        i = j
-    return out
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    save_npz(path, arrays)
-
-
 def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors: PlaneInputs | None = None,
         stop_after_chunks: int | None = None) -> dict:
     """Evaluate the grid (continuing from saved chunks when resuming) and write the run directory. Returns
@@ -273,7 +160,7 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
     splits = _splits_for(cfg.metrics)
     model, data = anchors.model, anchors.data
     a, b, c = anchors.anchors
-    plane = Plane.through(a, b, c, origin=cfg.origin)
+    plane = anchors.plane if anchors.plane is not None else Plane.through(a, b, c, origin=cfg.origin)
     points = torch.stack([a, b, c])
     anchor_xy = plane.project(points).cpu().numpy()
     overlay = [anchor_xy]
@@ -284,8 +171,11 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
     if anchors.simplex is not None:
         simplex_xy = plane.project(anchors.simplex["vertices"]).cpu().numpy()
         overlay.append(simplex_xy)
-    xs, ys = grid_axes(np.concatenate(overlay), cfg.grid, cfg.margin, cfg.min_aspect)
-    total = cfg.grid * cfg.grid
+    if anchors.axes is not None:
+        xs, ys = (np.asarray(ax, dtype=np.float64) for ax in anchors.axes)
+    else:
+        xs, ys = grid_axes(np.concatenate(overlay), cfg.grid, cfg.margin, cfg.min_aspect)
+    total = len(xs) * len(ys)
     fp = _fingerprint(plane, xs, ys, cfg, anchors.sources)
 
     chunk_dir = run_dir.file(CHUNK_DIR)
@@ -303,53 +193,24 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
                            "settings: rerun with the original inputs, or pass --fresh to restart")
     run_dir.write_json(state, fp)
 
-    values, done, seconds_before = _read_chunks(chunk_dir, total, cfg.metrics)
-    resumed = int(done.sum())
+    store = GridStore(chunk_dir, total, cfg.metrics, quiet=quiet, desc=f"plane {len(xs)}x{len(ys)}")
+    resumed = store.resumed
     if resumed:
         echo(f"resuming {run_dir.path}: {resumed}/{total} grid points already computed", quiet)
-    chunk = cfg.chunk_points or 64
-    chunks_run = 0
-    engine: dict = {}
+    task = PlaneTask(model, data, plane, xs, ys, tuple(cfg.metrics), splits, cfg.bn_subset, cfg.batch_size,
+                     memory_budget)
     t_start = time.perf_counter()
-    bar = progress(total=total, initial=resumed, desc=f"plane {cfg.grid}x{cfg.grid}", quiet=quiet, unit="pt")
-    stopped = False
-    for lo, hi in _missing_ranges(done):
-        start = lo
-        while start < hi:
-            stop = min(start + chunk, hi)
-            t0 = time.perf_counter()
-            coords = torch.from_numpy(grid_coordinates(xs, ys, start, stop))
-            vectors = plane.points(coords)
-            res = evaluate_vectors(model, vectors, data, splits=splits, bn_subset=cfg.bn_subset,
-                                   batch_size=cfg.batch_size, memory_budget=memory_budget)
-            dt = time.perf_counter() - t0
-            engine = res["engine"]
-            arrays = {m: res[m].numpy() for m in cfg.metrics}
-            _save_npz(chunk_dir / f"c_{start:09d}.npz", {"start": start, "stop": stop, "seconds": dt, **arrays})
-            for m in cfg.metrics:
-                values[m][start:stop] = arrays[m]
-            done[start:stop] = True
-            bar.update(stop - start)
-            if cfg.chunk_points is None:  # aim for chunks of ~chunk_seconds: few files, little lost on a kill
-                rate = (stop - start) / max(dt, 1e-6)
-                chunk = int(min(max(16, rate * cfg.chunk_seconds), 16384))
-            start = stop
-            chunks_run += 1
-            if stop_after_chunks is not None and chunks_run >= stop_after_chunks:
-                stopped = True
-                break
-        if stopped:
-            break
-    bar.close()
+    finished = store.compute(None, task, chunk_points=cfg.chunk_points, chunk_seconds=cfg.chunk_seconds,
+                             stop_after_chunks=stop_after_chunks)
     elapsed = time.perf_counter() - t_start
-    if stopped and not done.all():
-        return {"finished": False, "computed": int(done.sum()), "total": total}
+    if not finished:
+        return {"finished": False, "computed": int(store.done.sum()), "total": total}
+    engine, seconds_before = store.engine, store.seconds_before
 
     computed_now = total - resumed
     anchor_metrics = evaluate_vectors(model, points, data, splits=splits, bn_subset=cfg.bn_subset,
                                       batch_size=cfg.batch_size, memory_budget=memory_budget)
-    g = cfg.grid
-    arrays = {m: values[m].reshape(g, g) for m in cfg.metrics}
+    arrays = store.arrays((len(ys), len(xs)))
     basis_norms = np.array([float((b - a).double().norm()),
                             float(((c - a).double() - ((c - a).double() @ plane.u.double()) * plane.u.double()).norm())])
     npz = {"x": xs, "y": ys, **arrays, "point_coords": anchor_xy, "point_labels": np.array(anchors.labels),
@@ -363,7 +224,7 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
         npz.update({"simplex_coords": simplex_xy, "simplex_edges": np.array(anchors.simplex["edges"], dtype=np.int64),
                     "simplex_labels": np.array(anchors.simplex["labels"]),
                     "simplex_distance": plane.distance(anchors.simplex["vertices"]).cpu().numpy()})
-    _save_npz(run_dir.file(PLANE_FILE), npz)
+    save_npz(run_dir.file(PLANE_FILE), npz)
     run_dir.save_tensors(BASIS_FILE, {"origin": plane.origin, "u": plane.u, "v": plane.v},
                          {"origin": cfg.origin, "labels": json.dumps(anchors.labels)})
     total_seconds = seconds_before + elapsed
