@@ -13,6 +13,8 @@ from lowloss.claims import (
     claim_curves,
     claim_shift,
     collect_claims,
+    judge,
+    judge_all,
     spread,
     verdict,
 )
@@ -28,7 +30,7 @@ def test_held_is_the_test_over_measured_and_threshold():
 
 def test_unrun_study_reports_every_claim_as_not_measured(tmp_path):
     claims = collect_claims(tmp_path, [tmp_path / "modes" / f"seed{k}" for k in range(3)])
-    assert len(claims) == 21 and all(c["held"] is None for c in claims)
+    assert len(claims) >= 25 and all(c["held"] is None for c in claims)
     assert [i for fn in CLAIMS for i, _ in fn.claims] == [c["id"] for c in claims]
 
 
@@ -45,14 +47,38 @@ def test_curve_claims_from_a_run_json(tmp_path):
     by_id = {c.id: c for c in claim_curves(tmp_path, [])}
     assert by_id["line_barrier"].held == HELD
     assert by_id["curve_bezier"].held == HELD  # 0.1 <= 0.1 * 2.0
-    assert by_id["curve_ensemble"].measured["t_half_gain"] == 0.5 and by_id["curve_ensemble"].held == HELD
+    assert by_id["curve_ensemble"].measured["t_half_gain"] == [0.5] and by_id["curve_ensemble"].held == HELD
     assert by_id["curve_polychain"].held is None
+    assert by_id["curve_bezier"].spread["n"] == 1 and "measured once" in by_id["curve_bezier"].note
     # every recorded comparison can be redone from the record alone
     for c in by_id.values():
         if c.test and c.measured:
-            value = eval(c.test, {"__builtins__": {"all": all, "min": min, "max": max}, **c.measured,
+            value = eval(c.test, {"__builtins__": {"judge": judge, "judge_all": judge_all}, **c.measured,
                                   **c.threshold})
             assert {True: HELD, False: NOT_HELD}.get(value, value) == c.held
+
+
+def test_replicated_curve_claims_judge_the_spread_over_pairs(tmp_path):
+    """Three pairs of modes (the stage directory and two rep_* replicates): the verdict is the paired spread's."""
+    def curve(line_barrier, curve_barrier):
+        t = [0.0, 0.5, 1.0]
+        path = {"test_error": [0.1, 0.1, 0.1], "ensemble_test_error": [0.1, 0.07, 0.05]}
+        return {"t": t, "curve": path, "line": path, "endpoint_ensemble": {"test_error": 0.05},
+                "summary": {"line": {"barrier": line_barrier, "max_train_loss": 2.1, "max_test_error": 0.9},
+                            "curve": {"barrier": curve_barrier, "max_train_loss": 0.2, "max_test_error": 0.12}}}
+
+    d = tmp_path / "connect_bezier"
+    _write(d, curve(2.0, 0.01))
+    _write(d / "rep_pair12", curve(2.2, 0.02))
+    _write(d / "rep_pair02", curve(1.8, 0.015))
+    by_id = {c.id: c for c in claim_curves(tmp_path, [])}
+    assert by_id["curve_bezier"].held == HELD and by_id["curve_bezier"].spread["n"] == 3
+    assert by_id["line_barrier"].measured["line_barrier"] == [2.0, 1.8, 2.2]  # stage dir, then rep_* sorted
+    # one pair whose curve is no better than a tenth of its line: right sign on average, not beyond noise
+    _write(d / "rep_pair02", curve(1.8, 0.5))
+    c = {c.id: c for c in claim_curves(tmp_path, [])}["curve_bezier"]
+    assert c.held == WITHIN_NOISE and c.spread["n"] == 3
+    assert judge(0.1, None, 1) == HELD and judge(-0.1, None, 1) == NOT_HELD and judge(0.0, None, 1, strict=False) == HELD
 
 
 def test_verdicts_from_paired_differences():

@@ -1,7 +1,7 @@
 """The package's layers import only downward, and there is no import cycle.
 
 Layers, bottom to top (a module may import its own layer and the layers below):
-  0 ground    utils, _version, config, params, metrics, data, models, corruptions, variational
+  0 ground    utils, _version, config, params, metrics, data, models, corruptions, variational, permute
   1 engine    lowloss.engine.*
   2 subspaces lowloss.subspaces.*
   3 rundir    lowloss.rundir
@@ -19,7 +19,8 @@ from pathlib import Path
 import lowloss
 
 ROOT = Path(lowloss.__file__).parent
-GROUND = {"errors", "utils", "_version", "config", "params", "metrics", "data", "models", "corruptions", "variational"}
+GROUND = {"errors", "utils", "_version", "config", "params", "metrics", "data", "models", "corruptions", "variational",
+          "permute"}
 TOP = {"api", "cli", "study", "claims", "report", "__init__"}
 
 

@@ -37,6 +37,10 @@ METHODS: dict[str, str] = {
     "regression": "lowloss.methods.regression",
     "spirals": "lowloss.methods.spirals",
     "vardrop": "lowloss.methods.vardrop",
+    "animate": "lowloss.methods.animate",
+    "width": "lowloss.methods.width",
+    "align": "lowloss.methods.align",
+    "sightsee": "lowloss.methods.sightsee",
 }
 
 

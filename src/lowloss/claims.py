@@ -56,6 +56,23 @@ def verdict(margin, se, k=K_SE, strict=True) -> str | None:
     return WITHIN_NOISE
 
 
+def judge(margin, se, n, k=K_SE, strict=True) -> str | None:
+    """The verdict of one comparison: :func:`verdict` over seeds when there are several (n > 1); measured once
+    (n = 1, no spread), the sign alone: 'held' when the margin is positive (>= 0 when not strict), else
+    'not held' (the record then says it was measured once)."""
+    if margin is None:
+        return None
+    if n is not None and n > 1:
+        return verdict(margin, se, k, strict)
+    return HELD if (margin > 0 or (not strict and margin == 0)) else NOT_HELD
+
+
+def judge_all(comparisons: dict, k=K_SE) -> str | None:
+    """The weakest :func:`judge` verdict over a claim's comparisons (each a :func:`spread` record, with
+    ``strict`` False where equality satisfies the claim)."""
+    return worst(*[judge(c["margin"], c["se"], c["n"], k, c.get("strict", True)) for c in comparisons.values()])
+
+
 def worst(*verdicts) -> str | None:
     """The weakest of several verdicts (None when any is None)."""
     if any(v is None for v in verdicts):
@@ -74,7 +91,8 @@ def _verdict_of(value) -> str | None:
 
 
 _SAFE = {"all": all, "any": any, "min": min, "max": max, "abs": abs, "len": len, "sum": sum, "zip": zip,
-         "sorted": sorted, "isfinite": math.isfinite, "verdict": verdict, "worst": worst}
+         "sorted": sorted, "isfinite": math.isfinite, "verdict": verdict, "worst": worst, "judge": judge,
+         "judge_all": judge_all}
 
 
 @dataclass
@@ -114,6 +132,18 @@ def _spread_of(measured: dict) -> dict:
     if isinstance(comps, dict) and comps:
         return {name: {k: c.get(k) for k in keys} for name, c in comps.items()}
     return {"n": 1, "note": "measured once: no seed spread"}
+
+
+REPLICATE = "rep_"  # a stage's further replicates live in <stage>/rep_* (see lowloss.study.mode_pairs)
+JUDGE = "judge(margin, se, n, k)"
+JUDGE_ALL = "judge_all(comparisons, k)"
+
+
+def replicates(d: Path) -> list[Path]:
+    """The run directories of a stage's replicates: the stage directory and its rep_* sub-directories that
+    hold a result, in order."""
+    d = Path(d)
+    return [d] + sorted(p for p in d.glob(f"{REPLICATE}*") if (p / RESULT).exists())
 
 
 def load_result(d: Path) -> dict | None:
@@ -170,6 +200,8 @@ S_VAR_ENS = "With the ensemble scheme, the variance network is within 2 points o
 S_REG = "Predictive uncertainty (the +-2 std band) is wider away from the training data than near it."
 S_SPIRALS = ("Models sampled from one simplex all fit the two-spirals training data, with different decision "
              "functions.")
+S_WIDTH = ("SWA's optimum is wider than SGD's along random directions, and SWA's test error is lower although its "
+           "train loss is not.")
 
 
 @_safe(("modes", S_MODES))
@@ -183,45 +215,68 @@ def claim_modes(study: Path, modes: list[Path]):
                   "verdict(margin, se, k)", {"min_accuracy": 0.9, "k": K_SE})]
 
 
+def _half_gain_t(j: dict, max_t: float) -> dict | None:
+    """The first t > 0 at which the {w_A, phi(t)} ensemble has half of the {w_A, w_B} ensemble's gain over the
+    single model; None when the two-mode ensemble does not improve on the single model."""
+    t, ens = j["t"], j["curve"]["ensemble_test_error"]
+    ref = j.get("endpoint_ensemble", {}).get("test_error", ens[-1])
+    single = j["curve"]["test_error"][0]
+    if single <= ref:
+        return None
+    target = ref + 0.5 * (single - ref)
+    t_reach = next((tt for tt, e in zip(t, ens) if tt > 0 and e <= target + 1e-12), None)
+    return {"t_half_gain": t_reach, "single_error": single, "two_mode_ensemble_error": ref,
+            "line_ensemble_error_mid": j["line"]["ensemble_test_error"][len(t) // 2],
+            "curve_ensemble_error_mid": ens[len(t) // 2]}
+
+
+_ONCE = " (measured once: one pair of modes, so no seed spread; the sign alone decides)"
+
+
 @_safe(("line_barrier", S_LINE), ("curve_bezier", S_CURVE.format(name="Bezier curve")),
        ("curve_ensemble", S_CURVE_ENS), ("curve_polychain", S_CURVE.format(name="polygonal chain")))
 def claim_curves(study: Path, modes: list[Path]):
     out = []
+    min_barrier, fraction, max_t = 0.1, 0.1, 0.6
     for kind, name in (("bezier", "Bezier curve"), ("polychain", "polygonal chain")):
         d = study / f"connect_{kind}"
-        j = load_result(d)
+        dirs = replicates(d)
+        runs = [r for r in (load_result(x) for x in dirs) if r is not None]
         stmt = S_CURVE.format(name=name)
-        if j is None:
+        if not runs:
             out += ([claim("line_barrier", S_LINE), claim("curve_bezier", stmt), claim("curve_ensemble", S_CURVE_ENS)]
                     if kind == "bezier" else [claim(f"curve_{kind}", stmt)])
             continue
-        line, curve = j["summary"]["line"], j["summary"]["curve"]
+        line = [r["summary"]["line"] for r in runs]
+        curve = [r["summary"]["curve"] for r in runs]
         figs = [d / "curve.png"]
+        note = f"{len(runs)} pair(s) of modes" + (_ONCE if len(runs) == 1 else ", each difference on its own pair")
         if kind == "bezier":
             out.append(claim("line_barrier", S_LINE,
-                             {"line_barrier": line["barrier"], "line_max_train_loss": line["max_train_loss"],
-                              "line_max_test_error": line["max_test_error"]},
-                             "line_barrier > min_barrier", {"min_barrier": 0.1}, figs))
+                             {"line_barrier": [x["barrier"] for x in line],
+                              "line_max_train_loss": [x["max_train_loss"] for x in line],
+                              "line_max_test_error": [x["max_test_error"] for x in line],
+                              **spread([x["barrier"] - min_barrier for x in line],
+                                       "line barrier - min_barrier, per pair of modes")},
+                             JUDGE, {"min_barrier": min_barrier, "k": K_SE}, figs, note))
         out.append(claim(f"curve_{kind}", stmt,
-                         {"curve_barrier": curve["barrier"], "line_barrier": line["barrier"],
-                          "curve_max_train_loss": curve["max_train_loss"],
-                          "curve_max_test_error": curve["max_test_error"]},
-                         "line_barrier > 0 and curve_barrier <= fraction * line_barrier", {"fraction": 0.1}, figs))
+                         {"curve_barrier": [x["barrier"] for x in curve], "line_barrier": [x["barrier"] for x in line],
+                          "curve_max_train_loss": [x["max_train_loss"] for x in curve],
+                          "curve_max_test_error": [x["max_test_error"] for x in curve],
+                          **spread([fraction * x["barrier"] - c["barrier"] for x, c in zip(line, curve)],
+                                   "fraction * line barrier - curve barrier, per pair of modes")},
+                         JUDGE, {"fraction": fraction, "k": K_SE}, figs, note))
         if kind == "bezier":
-            t, ens = j["t"], j["curve"]["ensemble_test_error"]
-            ref = j.get("endpoint_ensemble", {}).get("test_error", ens[-1])
-            single = j["curve"]["test_error"][0]
-            # the first t at which the {w_A, phi(t)} ensemble has half of the {w_A, w_B} ensemble's gain
-            target = ref + 0.5 * (single - ref) if single > ref else ref
-            t_reach = next((tt for tt, e in zip(t, ens) if tt > 0 and e <= target + 1e-12), None)
-            out.append(claim(
-                "curve_ensemble", S_CURVE_ENS,
-                {"t_half_gain": t_reach, "single_error": single, "two_mode_ensemble_error": ref,
-                 "line_ensemble_error_mid": j["line"]["ensemble_test_error"][len(t) // 2],
-                 "curve_ensemble_error_mid": ens[len(t) // 2]},
-                "(t_half_gain is not None and t_half_gain <= max_t) if single_error > two_mode_ensemble_error "
-                "else None", {"max_t": 0.6}, [d / "ensemble.png"],
-                "" if single > ref else "the two-mode ensemble does not improve on the single model here"))
+            gains = [g for g in (_half_gain_t(r, max_t) for r in runs) if g is not None]
+            measured = {}
+            if gains:
+                measured = {key: [g[key] for g in gains] for key in gains[0]}
+                measured.update(spread([max_t - (g["t_half_gain"] if g["t_half_gain"] is not None else 1.0)
+                                        for g in gains], "max_t - t of half the ensemble gain (1 when never), "
+                                                         "per pair of modes"))
+            out.append(claim("curve_ensemble", S_CURVE_ENS, measured, JUDGE, {"max_t": max_t, "k": K_SE},
+                             [d / "ensemble.png"],
+                             note if gains else "the two-mode ensemble does not improve on the single model here"))
     return out
 
 
@@ -250,12 +305,22 @@ _PLANE_TEST = "max_train_loss > ratio * max(min_train_loss, floor)"
 
 @_safe(("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE))
 def claim_planes(study: Path, modes: list[Path]):
-    out = []
-    for name, stmt in (("plane_modes", S_PLANE_MODES), ("plane_curve", S_PLANE_CURVE)):
-        d = study / name
-        m = _plane_measure(d)
-        out.append(claim(name, stmt, m, _PLANE_TEST if "max_train_loss" in m else "", {"ratio": 5, "floor": 1e-3},
-                         sorted(d.glob("plane_*.png"))))
+    ratio, floor = 5, 1e-3
+    d = study / "plane_modes"
+    m = _plane_measure(d)
+    out = [claim("plane_modes", S_PLANE_MODES, m, _PLANE_TEST if "max_train_loss" in m else "",
+                 {"ratio": ratio, "floor": floor}, sorted(d.glob("plane_*.png")),
+                 "one plane through the study's three modes: measured once, no seed spread")]
+    d = study / "plane_curve"
+    ms = [x for x in (_plane_measure(r) for r in replicates(d)) if "max_train_loss" in x]
+    measured = {}
+    if ms:
+        measured = {k: [x.get(k) for x in ms] for k in ("grid", "min_train_loss", "max_train_loss")}
+        measured.update(spread([x["max_train_loss"] - ratio * max(x["min_train_loss"], floor) for x in ms],
+                               "max train loss - ratio * max(min train loss, floor), per curve"))
+    out.append(claim("plane_curve", S_PLANE_CURVE, measured, JUDGE, {"ratio": ratio, "floor": floor, "k": K_SE},
+                     sorted(d.glob("plane_*.png")),
+                     f"{len(ms)} plane(s), one through each Bezier curve" + (_ONCE if len(ms) == 1 else "")))
     return out
 
 
@@ -307,17 +372,23 @@ def claim_budget(study: Path, modes: list[Path]):
 
 @_safe(("curve_swag", S_CSWAG))
 def claim_curve_swag(study: Path, modes: list[Path]):
-    d = study / "curve_swag"
-    j, c = load_result(d), load_result(study / "connect_bezier")
-    if j is None or c is None:
+    d, fraction = study / "curve_swag", 0.25
+    rows = []
+    for r in replicates(d):
+        j = load_result(r)
+        c = load_result(study / "connect_bezier" / r.relative_to(d))
+        if j is not None and c is not None:
+            rows.append((j["metrics"], c["summary"]["line"]["max_train_loss"]))
+    if not rows:
         return [claim("curve_swag", S_CSWAG)]
-    m = j["metrics"]
     return [claim("curve_swag", S_CSWAG,
-                  {"sampled_max_train_loss_max": m["sampled_max_train_loss_max"],
-                   "trained_curve_max_train_loss": m["trained_curve_max_train_loss"],
-                   "line_max_train_loss": c["summary"]["line"]["max_train_loss"]},
-                  "sampled_max_train_loss_max < fraction * line_max_train_loss", {"fraction": 0.25},
-                  sorted(d.glob("*.png")))]
+                  {"sampled_max_train_loss_max": [m["sampled_max_train_loss_max"] for m, _ in rows],
+                   "trained_curve_max_train_loss": [m["trained_curve_max_train_loss"] for m, _ in rows],
+                   "line_max_train_loss": [x for _, x in rows],
+                   **spread([fraction * x - m["sampled_max_train_loss_max"] for m, x in rows],
+                            "fraction * line max train loss - worst sampled curve's max train loss, per curve")},
+                  JUDGE, {"fraction": fraction, "k": K_SE}, sorted(d.glob("*.png")),
+                  f"{len(rows)} curve(s)" + (_ONCE if len(rows) == 1 else ""))]
 
 
 @_safe(("espro_simplex", S_ESPRO), ("espro_vs_deep", S_ESPRO_DEEP))
@@ -353,31 +424,43 @@ def claim_espro(study: Path, modes: list[Path]):
 
 @_safe(("complex", S_COMPLEX))
 def claim_complex(study: Path, modes: list[Path]):
-    d = study / "complex"
-    j = load_result(d)
-    if j is None:
+    d, allowance = study / "complex", 0.03
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None]
+    if not runs:
         return [claim("complex", S_COMPLEX)]
+    mode_err = [max(1 - m["accuracy"] for m in j["modes"]) for j in runs]
+    worst_err = [max(max(sx["test_error"]) for sx in j["simplexes"]) for j in runs]
     return [claim("complex", S_COMPLEX,
-                  {"mode_test_error": max(1 - m["accuracy"] for m in j["modes"]),
-                   "worst_sample_test_error": max(max(sx["test_error"]) for sx in j["simplexes"]),
-                   "simplex_log_volumes": j.get("simplex_log_volumes")},
-                  "worst_sample_test_error <= mode_test_error + margin", {"margin": 0.03}, sorted(d.glob("*.png")))]
+                  {"mode_test_error": mode_err, "worst_sample_test_error": worst_err,
+                   "simplex_log_volumes": [j.get("simplex_log_volumes") for j in runs],
+                   **spread([e + allowance - w for e, w in zip(mode_err, worst_err)],
+                            "mode test error + allowance - worst sample's test error, per pair of modes")},
+                  "judge(margin, se, n, k, False)", {"allowance": allowance, "k": K_SE}, sorted(d.glob("*.png")),
+                  f"{len(runs)} pair(s) of modes" + (_ONCE if len(runs) == 1 else ""))]
 
 
 @_safe(("dimension", S_DIM))
 def claim_dimension(study: Path, modes: list[Path]):
-    d = study / "dimension"
-    j = load_result(d)
-    if j is None:
+    d, min_dim, min_acc = study / "dimension", 3, 0.95
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None]
+    if not runs:
         return [claim("dimension", S_DIM)]
+    dims = [j["dimension_lower_bound"] for j in runs]
+    accs = [min(j["sample_train_accuracy"]) for j in runs]
+    comps = {"dimension": {**spread([x - min_dim for x in dims], "dimension lower bound - min_dimension, per pair"),
+                           "strict": False},
+             "train_accuracy": {**spread([a - min_acc for a in accs],
+                                         "worst sample train accuracy - min_accuracy, per pair"), "strict": False}}
+    note = f"{len(runs)} pair(s) of modes" + (_ONCE if len(runs) == 1 else "")
+    if any(j.get("collapsed_at") is None for j in runs):
+        note += "; the dimension is a lower bound where the volume did not collapse within the connectors tried"
     return [claim("dimension", S_DIM,
-                  {"connectors": j["connectors"], "log_volume": j["log_volume"],
-                   "sample_train_accuracy": j["sample_train_accuracy"], "collapsed_at": j.get("collapsed_at"),
-                   "dimension_lower_bound": j["dimension_lower_bound"]},
-                  "dimension_lower_bound >= min_dimension and min(sample_train_accuracy) >= min_accuracy",
-                  {"min_dimension": 3, "min_accuracy": 0.95}, [d / "dimension.png"],
-                  "the dimension is a lower bound: the volume did not collapse within the connectors tried"
-                  if j.get("collapsed_at") is None else "")]
+                  {"connectors": [j["connectors"] for j in runs], "log_volume": [j["log_volume"] for j in runs],
+                   "sample_train_accuracy": [j["sample_train_accuracy"] for j in runs],
+                   "collapsed_at": [j.get("collapsed_at") for j in runs], "dimension_lower_bound": dims,
+                   "comparisons": comps},
+                  JUDGE_ALL, {"min_dimension": min_dim, "min_accuracy": min_acc, "k": K_SE}, [d / "dimension.png"],
+                  note)]
 
 
 @_safe(("calibration", S_CAL))
@@ -453,55 +536,209 @@ def claim_shift(study: Path, modes: list[Path]):
 
 @_safe(("variance_deterministic", S_VAR_DET), ("variance_ensemble", S_VAR_ENS))
 def claim_vardrop(study: Path, modes: list[Path]):
-    d = study / "vardrop"
-    j = load_result(d)
-    j = j.get("schemes") if j else None
-    if not j or "variance" not in j:
+    d, chance, max_gap = study / "vardrop", 0.2, 0.02
+    accs = []
+    for r in replicates(d):
+        j = load_result(r)
+        j = j.get("schemes") if j else None
+        if j and "variance" in j:
+            accs.append({p: {k: j[p][k]["accuracy"] for k in ("stochastic", "deterministic", "ensemble")} for p in j
+                         if isinstance(j[p], dict) and "ensemble" in j[p]})
+    if not accs:
         return [claim("variance_deterministic", S_VAR_DET), claim("variance_ensemble", S_VAR_ENS)]
     figs = [d / "log_alpha.png"]
-    acc = {p: {k: j[p][k]["accuracy"] for k in ("stochastic", "deterministic", "ensemble")} for p in j
-           if isinstance(j[p], dict) and "ensemble" in j[p]}
+    note = f"{len(accs)} seed(s)" + (_ONCE.replace("one pair of modes", "one seed") if len(accs) == 1 else "")
+    det = spread([chance - a["variance"]["deterministic"] for a in accs],
+                 "chance level - variance network's deterministic accuracy, per seed")
+    ens = (spread([max_gap - (a["dropout"]["ensemble"] - a["variance"]["ensemble"]) for a in accs],
+                  "max_gap - (dropout ensemble accuracy - variance ensemble accuracy), per seed")
+           if all("dropout" in a for a in accs) else {})
     return [
-        claim("variance_deterministic", S_VAR_DET, {"accuracy": acc},
-              "accuracy['variance']['deterministic'] <= chance_level", {"chance_level": 0.2}, figs),
-        claim("variance_ensemble", S_VAR_ENS, {"accuracy": acc},
-              "(accuracy['dropout']['ensemble'] - accuracy['variance']['ensemble'] <= max_gap) "
-              "if 'dropout' in accuracy else None", {"max_gap": 0.02}, figs,
-              "the slides train 200 epochs on full MNIST; with more variance layers than the default one "
+        claim("variance_deterministic", S_VAR_DET, {"accuracy": accs, **det}, "judge(margin, se, n, k, False)",
+              {"chance_level": chance, "k": K_SE}, figs, note),
+        claim("variance_ensemble", S_VAR_ENS, {"accuracy": accs, **ens} if ens else {},
+              "judge(margin, se, n, k, False)", {"max_gap": max_gap, "k": K_SE}, figs,
+              note + "; the slides train 200 epochs on full MNIST; with more variance layers than the default one "
               "(--variance-layers) a variance network needs far more steps than this study spends"),
     ]
 
 
 @_safe(("regression", S_REG))
 def claim_regression(study: Path, modes: list[Path]):
-    d = study / "regression"
-    j = load_result(d)
-    if j is None:
+    d, ratio = study / "regression", 2
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None]
+    if not runs:
         return [claim("regression", S_REG)]
-    res = j["results"]
-    meas = {m: {"test_ll": r["test_ll"], **{f"std_{k}": v for k, v in r.get("mean_epistemic_std", {}).items()}}
-            for m, r in res.items()}
-    return [claim("regression", S_REG, {"methods": meas},
-                  "all(r['std_away_from_data'] > ratio * r['std_near_data'] for m, r in methods.items() "
-                  "if m in ('ensemble', 'espro') and 'std_near_data' in r)", {"ratio": 2}, [d / "regression.png"])]
+    meas = [{m: {"test_ll": r["test_ll"], **{f"std_{k}": v for k, v in r.get("mean_epistemic_std", {}).items()}}
+             for m, r in j["results"].items()} for j in runs]
+    comps = {}
+    for m in ("ensemble", "espro"):
+        rows = [x[m] for x in meas if m in x and "std_near_data" in x[m]]
+        if rows:
+            comps[m] = spread([r["std_away_from_data"] / r["std_near_data"] - ratio for r in rows],
+                              f"{m}: std away / std near the data - ratio, per seed")
+    return [claim("regression", S_REG, {"methods": meas, "comparisons": comps} if comps else {}, JUDGE_ALL,
+                  {"ratio": ratio, "k": K_SE}, [d / "regression.png"],
+                  f"{len(runs)} seed(s) of the toy data and models"
+                  + (_ONCE.replace("one pair of modes", "one seed") if len(runs) == 1 else ""))]
+
+
+S_REG_PATHS = ("Along a low-loss curve between two regression modes the predictive functions differ away from the "
+               "data (pointwise spread across marked points at least twice that near the data), while the train "
+               "loss stays within twice the modes'.")
+
+
+@_safe(("regression_paths", S_REG_PATHS))
+def claim_regression_paths(study: Path, modes: list[Path]):
+    d, ratio, factor = study / "regression_paths", 2, 2
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None and j.get("functions")]
+    if not runs:
+        return [claim("regression_paths", S_REG_PATHS)]
+    spreads = [j["functions"]["spread"]["curve"] for j in runs]
+    ends = [max(e["train_loss"] for e in j["endpoints"].values()) for j in runs]
+    path_max = [j["summary"]["curve"]["max_train_loss"] for j in runs]
+    comps = {"spread": spread([x["away_from_data"] - ratio * x["near_data"] for x in spreads],
+                              "std away from the data - ratio * std near it, per seed"),
+             "train_loss": {**spread([factor * e - m for e, m in zip(ends, path_max)],
+                                     "factor * endpoints' max train loss - curve's max train loss, per seed"),
+                            "strict": False}}
+    return [claim("regression_paths", S_REG_PATHS,
+                  {"std_away_from_data": [x["away_from_data"] for x in spreads],
+                   "std_near_data": [x["near_data"] for x in spreads],
+                   "line_std_away_from_data": [j["functions"]["spread"]["line"]["away_from_data"] for j in runs],
+                   "curve_max_train_loss": path_max, "endpoint_max_train_loss": ends,
+                   "line_max_train_loss": [j["summary"]["line"]["max_train_loss"] for j in runs],
+                   "marks": len(runs[0]["marks"]["t"]), "comparisons": comps},
+                  JUDGE_ALL, {"ratio": ratio, "factor": factor, "k": K_SE},
+                  [d / "regression_path.png", d / "video" / "training.gif"],
+                  f"{len(runs)} seed(s); spread = mean over inputs of the standard deviation of the functions at "
+                  f"{len(runs[0]['marks']['t'])} equally spaced t (ends included), 'away' = farther than "
+                  f"{runs[0]['functions']['away_distance']} from every training input; the GIF is the curve's "
+                  "training (the plane of the curve at each frame)"
+                  + (_ONCE.replace("one pair of modes", "one seed") if len(runs) == 1 else ""))]
 
 
 @_safe(("spirals", S_SPIRALS))
 def claim_spirals(study: Path, modes: list[Path]):
-    d = study / "spirals"
-    j = load_result(d)
-    if j is None:
+    d, min_acc, min_dis = study / "spirals", 0.95, 0.01
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None]
+    if not runs:
         return [claim("spirals", S_SPIRALS)]
+    accs = [min(x["train_accuracy"] for x in j["samples"]) for j in runs]
+    dis = [j["grid_disagreement"] for j in runs]
+    comps = {"train_accuracy": {**spread([a - min_acc for a in accs], "worst sample train accuracy - min_accuracy, "
+                                                                      "per seed"), "strict": False},
+             "disagreement": spread([x - min_dis for x in dis], "grid disagreement - min_disagreement, per seed")}
     return [claim("spirals", S_SPIRALS,
-                  {"min_sample_train_accuracy": min(x["train_accuracy"] for x in j["samples"]),
-                   "grid_disagreement": j["grid_disagreement"],
-                   "ensemble_test_accuracy": j["ensemble"]["test_accuracy"]},
-                  "min_sample_train_accuracy >= min_accuracy and grid_disagreement > min_disagreement",
-                  {"min_accuracy": 0.95, "min_disagreement": 0.01}, [d / "spirals.png"])]
+                  {"min_sample_train_accuracy": accs, "grid_disagreement": dis,
+                   "ensemble_test_accuracy": [j["ensemble"]["test_accuracy"] for j in runs], "comparisons": comps},
+                  JUDGE_ALL, {"min_accuracy": min_acc, "min_disagreement": min_dis, "k": K_SE}, [d / "spirals.png"],
+                  f"{len(runs)} seed(s)" + (_ONCE.replace("one pair of modes", "one seed") if len(runs) == 1 else ""))]
+
+
+S_ALIGN = ("After permuting B's hidden units to match A (weight matching), the straight line between A and B has a "
+           "train-loss barrier below half of the unaligned line's (MLP and convnet, three seed pairs each).")
+S_ALIGN_CURVE = "A curve trained between A and the aligned B is at least as low as one trained between A and B."
+S_NEB = ("AutoNEB (a nudged elastic band) finds a path between the same two modes whose train-loss barrier is at "
+         "most a tenth of the line's, as the trained curve does; costs are counted in gradient evaluations.")
+
+
+@_safe(("align_line", S_ALIGN), ("align_curve", S_ALIGN_CURVE))
+def claim_align(study: Path, modes: list[Path]):
+    d = study / "align"
+    if not d.is_dir():
+        return [claim("align_line", S_ALIGN), claim("align_curve", S_ALIGN_CURVE)]
+    comps, rows, figs = {}, {}, []
+    for arch in sorted(p.name for p in d.iterdir() if p.is_dir()):
+        runs = [(p.name, load_result(p)) for p in sorted((d / arch).glob("align*"))]
+        runs = [(n, j) for n, j in runs if j is not None and "summary" in j]
+        if not runs:
+            continue
+        before = [j["summary"]["barrier_before"] for _, j in runs]
+        after = [j["summary"]["barrier_after"] for _, j in runs]
+        rows[arch] = {"pairs": [n[len("align"):] for n, _ in runs], "barrier_before": before,
+                      "barrier_after": after}
+        comps[arch] = spread([0.5 * b - a for b, a in zip(before, after)],
+                             "half the A-B line barrier - the A-aligned-B line barrier, per seed pair")
+        figs.append(d / arch / runs[0][0] / "line.png")
+    out = [claim("align_line", S_ALIGN, {"models": rows, "comparisons": comps} if comps else {},
+                 "worst(*[verdict(c['margin'], c['se'], k) for c in comparisons.values()])",
+                 {"fraction": 0.5, "k": K_SE}, figs)]
+    plain, aligned = load_result(d / "mlp" / "curve"), load_result(d / "mlp" / "curve_aligned")
+    if plain is None or aligned is None:
+        out.append(claim("align_curve", S_ALIGN_CURVE))
+    else:
+        out.append(claim("align_curve", S_ALIGN_CURVE,
+                         {"curve_barrier": plain["summary"]["curve"]["barrier"],
+                          "aligned_curve_barrier": aligned["summary"]["curve"]["barrier"],
+                          "curve_max_train_loss": plain["summary"]["curve"]["max_train_loss"],
+                          "aligned_curve_max_train_loss": aligned["summary"]["curve"]["max_train_loss"]},
+                         "aligned_curve_barrier <= curve_barrier", {},
+                         [d / "mlp" / "curve_aligned" / "curve.png"],
+                         "one MLP pair (seeds 0 and 1), one curve each: no seed spread"))
+    return out
+
+
+@_safe(("neb_path", S_NEB))
+def claim_paths(study: Path, modes: list[Path]):
+    neb, curve = load_result(study / "paths" / "neb"), load_result(study / "align" / "mlp" / "curve")
+    if neb is None or curve is None:
+        return [claim("neb_path", S_NEB)]
+    from .plots.paths import draw_path_costs
+
+    line = curve["summary"]["line"]
+    rows = {"line": {"gradient_evaluations": 0, **line},
+            "curve (Bezier, 1 bend)": {"gradient_evaluations": curve["cost"]["gradient_evaluations"],
+                                       **curve["summary"]["curve"]},
+            f"neb ({neb['cost']['pivots']} pivots)": {"gradient_evaluations": neb["cost"]["gradient_evaluations"],
+                                                      **neb["summary"]["curve"], "rounds": neb["history"]}}
+    fig = draw_path_costs(rows, study / "paths" / "paths.png")
+    table = {k: {m: v[m] for m in ("gradient_evaluations", "barrier", "max_train_loss", "max_test_error")}
+             for k, v in rows.items()}
+    return [claim("neb_path", S_NEB, {"neb_barrier": neb["summary"]["curve"]["barrier"],
+                                      "curve_barrier": curve["summary"]["curve"]["barrier"],
+                                      "line_barrier": line["barrier"], "paths": table},
+                  "line_barrier > 0 and neb_barrier <= fraction * line_barrier", {"fraction": 0.1},
+                  [fig, study / "paths" / "neb" / "curve.png"],
+                  "one MLP pair, one path each: no seed spread; the table compares barriers, maximum train loss, "
+                  "test error and gradient evaluations (one network's forward and backward pass over one minibatch)")]
+
+
+@_safe(("width", S_WIDTH))
+def claim_width(study: Path, modes: list[Path]):
+    d = study / "width"
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None and "width" in j]
+    if not runs:
+        return [claim("width", S_WIDTH)]
+    w = [j["width"] for j in runs]
+    p = [j["points"] for j in runs]
+    comps = {"width": spread([x["swa"]["mean"] - x["sgd"]["mean"] for x in w],
+                             "SWA width - SGD width (mean over the random directions), per seed"),
+             "test_error": spread([x["sgd"]["test_error"] - x["swa"]["test_error"] for x in p],
+                                  "SGD test error - SWA test error, per seed"),
+             "train_loss": {**spread([x["swa"]["train_loss"] - x["sgd"]["train_loss"] for x in p],
+                                     "SWA train loss - SGD train loss (NLL + L2), per seed"), "strict": False}}
+    first = w[0]
+    return [claim("width", S_WIDTH,
+                  {"sgd_width": [x["sgd"]["mean"] for x in w], "swa_width": [x["swa"]["mean"] for x in w],
+                   "sgd_train_loss": [x["sgd"]["train_loss"] for x in p],
+                   "swa_train_loss": [x["swa"]["train_loss"] for x in p],
+                   "sgd_test_error": [x["sgd"]["test_error"] for x in p],
+                   "swa_test_error": [x["swa"]["test_error"] for x in p],
+                   "directions": first["directions"], "kind": first["kind"], "rise": first["rise"],
+                   "first_seed_width_difference": {k: first["difference"][k] for k in ("mean", "se", "n")},
+                   "comparisons": comps},
+                  JUDGE_ALL, {"k": K_SE}, [d / "width_line.png", d / "width_rays.png"],
+                  f"{len(runs)} seed(s); per seed, SGD is the mode and SWA continues from it at the modes' peak "
+                  "learning rate; the width is the distance along a filter-normalised random direction at which the "
+                  f"train loss (NLL + L2) rises by {first['rise']}; the train-loss comparison holds when SWA's is not "
+                  "lower (>= 0); one seed is judged on the signs alone, with the first seed's spread over directions "
+                  "shown in first_seed_width_difference")]
 
 
 CLAIMS = [claim_modes, claim_curves, claim_planes, claim_budget, claim_curve_swag, claim_espro, claim_complex,
-          claim_dimension, claim_calibration, claim_shift, claim_vardrop, claim_regression, claim_spirals]
+          claim_dimension, claim_calibration, claim_shift, claim_vardrop, claim_regression, claim_regression_paths, claim_spirals,
+          claim_align, claim_paths, claim_width]
 
 
 def collect_claims(study: Path, modes: list[Path]) -> list[dict]:

@@ -41,6 +41,10 @@ COMMANDS: dict[str, str] = {
     "regression": "1-D regression uncertainty bands.",
     "spirals": "Two spirals: functional diversity inside a simplex.",
     "vardrop": "Variational dropout and variance networks.",
+    "animate": "The curve-training video (MP4, GIF) of a connect run with --frames.",
+    "width": "Optimum width of SGD and SWA: the loss along their line and along random rays.",
+    "align": "Permute a run's hidden units to match another run (weight matching).",
+    "sightsee": "Train a loss plane near a run whose landscape draws a picture.",
 }
 
 

@@ -32,6 +32,10 @@ COMMON_HELP = {
     "wd": "Weight decay.",
     "batch_size": "Minibatch size.",
     "bn_subset": "Recompute BN statistics per point on this many fixed training examples (default: all).",
+    "executor": "Where independent work runs: local (this process) or ray (tasks on a Ray cluster; pip install "
+                "'lowloss[ray]').",
+    "ray_address": "Ray cluster to use with --executor ray (default: $RAY_ADDRESS, else a local cluster started "
+                   "on demand).",
 }
 
 

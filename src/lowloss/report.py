@@ -26,7 +26,7 @@ def _img(path: Path, base: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     rel = path.relative_to(base) if path.is_relative_to(base) else path.name
     return (f'<figure><img alt="{html.escape(str(rel))}" data-file="{html.escape(str(rel))}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(str(rel))}</figcaption></figure>')
+            f'src="data:image/{"gif" if path.suffix == ".gif" else "png"};base64,{data}"><figcaption>{html.escape(str(rel))}</figcaption></figure>')
 
 
 def _status(held) -> str:

@@ -435,11 +435,16 @@ def run_method(method, config, inputs, out: str | os.PathLike, *, resume: bool =
             raise
 
 
+PLACEMENT_FIELDS = ("executor", "ray_address")  # config fields that choose where work runs, not what it is
+
+
 def config_record(config, inputs=None) -> dict:
     """The JSON a run directory records for `config` (and its input runs)."""
     import dataclasses
 
     record = jsonable(dataclasses.asdict(config))
+    for name in PLACEMENT_FIELDS:  # where the work runs is not what it computes
+        record.pop(name, None)
     ins = input_record(inputs)
     if ins is not None:
         record["inputs"] = ins

@@ -30,18 +30,18 @@ STUDY_CONFIG = "study_config.json"
 # fields of those methods' Configs.
 SIZES: dict[str, dict] = {
     "full": dict(mode1d_epochs=30, budget1d_epochs=32, signal_shifts="all",
-                 mode_epochs=80, curve_epochs=20, grid=31, bn_subset=None, budget_seeds=3, swag_epochs=10,
+                 mode_epochs=80, curve_epochs=20, grid=31, replicates=3, bn_subset=None, budget_seeds=3, swag_epochs=10,
                  espro_epochs=10, members=25, complex_epochs=8, dim_connectors=12, dim_epochs=5,
                  shift_samples=30, vardrop_epochs=300, cswag_epochs=5, cswag_samples=10,
                  regression={}, spirals={}, budget={}),
     "quick": dict(mode1d_epochs=15, budget1d_epochs=16, signal_shifts="all",
-                  mode_epochs=12, curve_epochs=10, grid=15, bn_subset=512, budget_seeds=2, swag_epochs=5,
+                  mode_epochs=12, curve_epochs=10, grid=15, replicates=1, bn_subset=512, budget_seeds=2, swag_epochs=5,
                   espro_epochs=3, members=10, complex_epochs=3, dim_connectors=5, dim_epochs=2,
                   shift_samples=10, vardrop_epochs=60, cswag_epochs=3,
                   cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=1000),
                   spirals=dict(epochs=1000, vertex_epochs=60, grid=100, members=20), budget={}),
     "tiny": dict(mode1d_epochs=1, budget1d_epochs=4, signal_shifts="noise",
-                 mode_epochs=4, curve_epochs=1, grid=4, bn_subset=128, budget_seeds=1, swag_epochs=1,
+                 mode_epochs=4, curve_epochs=1, grid=4, replicates=1, bn_subset=128, budget_seeds=1, swag_epochs=1,
                  espro_epochs=1, members=2, complex_epochs=1, dim_connectors=2, dim_epochs=1,
                  shift_samples=2, vardrop_epochs=1, cswag_epochs=1, cswag_samples=2,
                  regression=dict(modes=2, espro_modes=1, epochs=20, vertex_epochs=2, swag_epochs=2, samples=3),
@@ -64,6 +64,12 @@ class Settings:
                            help="Run only these stages (repeatable); default all.")
     seed: int = 0
     device: str = "auto"
+    executor: str = option("local", choices=("local", "ray"),
+                           help="local: the stages one after the other in this process; ray: stages whose needs "
+                                "are met run at the same time as tasks on this machine's node of a Ray cluster, "
+                                "their trainings, planes, ensembles, budgets, shift settings and simplexes as "
+                                "tasks across the cluster (pip install 'lowloss[ray]').")
+    ray_address: str | None = None
     quiet: bool = option(False, cli=False)
 
     def __post_init__(self):
@@ -71,6 +77,8 @@ class Settings:
             self.size = "quick"
         if self.size not in SIZES:
             raise LowlossError(f"--size must be one of {', '.join(SIZES)} (got {self.size})")
+        if self.executor not in ("local", "ray"):
+            raise LowlossError(f"--executor must be one of local, ray (got {self.executor})")
 
     def __getattr__(self, name):  # size knobs: settings.mode_epochs, settings.grid, ...
         sizes = SIZES[self.__dict__.get("size", "full")]
@@ -122,6 +130,22 @@ def mode1d_dirs(study: Path, s: Settings) -> list[Path]:
     return [study / "modes1d" / f"seed{k}" for k in s.seeds]
 
 
+REPLICATE = "rep_"  # sub-directory prefix of a stage's further replicates (pairs of modes, seeds)
+
+
+def mode_pairs(study: Path, s: Settings) -> list[tuple[str, list[Path]]]:
+    """(sub-directory, two modes) of the replicates of a two-mode stage: the pairs (0, 1), (1, 2), (0, 2) of the
+    three modes, as many as the size's ``replicates``; the first pair is the stage directory itself."""
+    modes = mode_dirs(study, s)
+    pairs = [(0, 1), (1, 2), (0, 2)][:s.replicates]
+    return [("" if n == 0 else f"{REPLICATE}pair{i}{j}", [modes[i], modes[j]]) for n, (i, j) in enumerate(pairs)]
+
+
+def replicate_seeds(s: Settings) -> list[tuple[str, int]]:
+    """(sub-directory, seed) of the replicates of a one-run stage; the first seed is the stage directory."""
+    return [("" if n == 0 else f"{REPLICATE}seed{k}", k) for n, k in enumerate(s.seeds[:s.replicates])]
+
+
 def _data(s: Settings) -> dict:
     return {"data": s.data, "data_dir": s.data_dir}
 
@@ -141,8 +165,9 @@ def _modes(s, study):
 
 def _connect(kind: str):
     def jobs(s, study):
-        return [Job("connect", mode_dirs(study, s)[:2],
-                    {"curve": kind, "bends": 1 if kind == "bezier" else 2, "epochs": s.curve_epochs, "seed": s.seed})]
+        return [Job("connect", pair, {"curve": kind, "bends": 1 if kind == "bezier" else 2, "epochs": s.curve_epochs,
+                                      "seed": s.seed}, sub)
+                for sub, pair in mode_pairs(study, s)]
 
     return jobs
 
@@ -167,7 +192,83 @@ def _vardrop(s, study):
     data = s.data if s.data in ("digits", "mnist5k", "mnist", "fashion-mnist") else "digits"
     return [Job("vardrop", None, {"data": data, "model": "mlp", "model_options": {"widths": "512,512"},
                                   "posterior": "dropout,variance", "lr": 0.01, "epochs": s.vardrop_epochs,
-                                  "seed": s.seed})]
+                                  "seed": k}, sub) for sub, k in replicate_seeds(s)]
+
+
+# a Bezier curve between the first two modes of each replicate of the regression stage (SGD on the MSE, the
+# modes' weight decay), its frames at the size's count and grid; the video of the first replicate's curve
+REGRESSION_PATHS = {"full": dict(epochs=200, frames=40, frame_grid=41),
+                    "quick": dict(epochs=100, frames=12, frame_grid=31),
+                    "tiny": dict(epochs=2, frames=2, frame_grid=5)}
+
+
+def _regression_paths(s, study):
+    size = REGRESSION_PATHS[s.size]
+    jobs = [Job("connect", [study / "regression" / sub / "modes" / f"mode_{i}" for i in (0, 1)],
+                {"lr": 0.05, "wd": 1e-4, "batch_size": 40, "marks": 5, "seed": k, "device": "cpu", **size}, sub,
+                device=False, threads=1)
+            for sub, k in replicate_seeds(s)]
+    return jobs + [Job("animate", [study / "regression_paths"], {"formats": ("gif",)}, "video", device=False)]
+
+
+def _curve_dirs(study: Path, s: Settings) -> list[tuple[str, Path]]:
+    """(sub-directory, Bezier curve run) of every replicate of the connect_bezier stage."""
+    return [(sub, study / "connect_bezier" / sub) for sub, _ in mode_pairs(study, s)]
+
+
+ALIGN_PAIRS = ((0, 1), (1, 2), (0, 2))  # the seed pairs whose lines are compared before and after alignment
+
+
+def align_mlp_dirs(study: Path, s: Settings) -> list[Path]:
+    return [study / "align" / "mlp" / f"seed{k}" for k in s.seeds]
+
+
+def _align(s, study):
+    # weight matching on two architectures: MLPs trained here (3 seeds) and the study's modes; then one curve
+    # between an MLP pair before and after alignment
+    epochs = s.mode_epochs if s.size == "full" else max(2, s.mode_epochs // 3)
+    mlp = align_mlp_dirs(study, s)
+    jobs = [Job("train", None, {**_data(s), "model": "mlp", "epochs": epochs, "seed": k}, f"mlp/seed{k}", threads=1)
+            for k in s.seeds]
+    for name, dirs in (("mlp", mlp), (s.model, mode_dirs(study, s))):
+        jobs += [Job("align", [dirs[i], dirs[j]], {"points": 11 if s.size == "full" else 7, "seed": s.seed, **_bn(s)},
+                     f"{name}/align{i}{j}") for i, j in ALIGN_PAIRS]
+    curve = {"curve": "bezier", "bends": 1, "epochs": _path_epochs(s), "points": 21, "seed": s.seed, **_bn(s)}
+    jobs += [Job("connect", mlp[:2], {**curve, "align": al}, f"mlp/{'curve_aligned' if al else 'curve'}", threads=1)
+             for al in (False, True)]
+    return jobs
+
+
+def _path_epochs(s: Settings) -> int:
+    return s.curve_epochs if s.size == "full" else max(1, s.curve_epochs // 4)
+
+
+def _paths(s, study):
+    # AutoNEB between the same MLP pair as the align stage's curve, at the same number of epochs
+    neb = {} if s.size == "full" else {"neb_rounds": 2, "neb_pivots": 1}
+    return [Job("connect", align_mlp_dirs(study, s)[:2], {"epochs": _path_epochs(s), "points": 21, "seed": s.seed,
+                                                          "method": "neb", **neb, **_bn(s)}, "neb", threads=1)]
+
+
+# the width stage (Izmailov et al.'s "optima width"): SWA at the modes' peak learning rate from each mode, then
+# the line through the mode and its SWA (ten times their distance beyond each: on the digits SWA moves a small
+# fraction of the valley's width) and filter-normalised random rays (span 1, Li et al.'s) from both
+WIDTH = {"full": dict(swa_epochs=10, directions=10, ray_points=11, refine=6, line_points=41),
+         "quick": dict(swa_epochs=5, directions=6, ray_points=6, refine=3, line_points=25),
+         "tiny": dict(swa_epochs=1, directions=2, ray_points=3, refine=1, line_points=5)}
+
+
+def _swa_modes(s, study):
+    return [Job("swa", [study / "modes" / f"seed{k}"], {"epochs": WIDTH[s.size]["swa_epochs"], "lr": 0.05,
+                                                          "every_epochs": 0.25, "seed": k}, sub)
+            for sub, k in replicate_seeds(s)]
+
+
+def _width(s, study):
+    size = {k: v for k, v in WIDTH[s.size].items() if k != "swa_epochs"}
+    return [Job("width", [study / "modes" / f"seed{k}", study / "swa_modes" / sub],
+                {**size, "extend": 10.0, "filter_norm": True, "max_distance": 1.0, "seed": k}, sub)
+            for sub, k in replicate_seeds(s)]
 
 
 STAGES: list[Stage] = [
@@ -177,17 +278,17 @@ STAGES: list[Stage] = [
     Stage("plane_modes", "Loss plane through three modes",
           lambda s, study: [Job("plane", mode_dirs(study, s), {"grid": s.grid, **_bn(s)})], ("modes",)),
     Stage("plane_curve", "Loss plane through the Bezier curve",
-          lambda s, study: [Job("plane", None, {"curve": str(study / "connect_bezier"), "grid": s.grid, **_bn(s)})],
-          ("connect_bezier",)),
+          lambda s, study: [Job("plane", None, {"curve": str(c), "grid": s.grid, **_bn(s)}, sub)
+                            for sub, c in _curve_dirs(study, s)], ("connect_bezier",)),
     Stage("modes1d", "Train three 1-D convnets on MNIST-1D", _modes1d),
     Stage("budget", "FGE, SSE, SWA, SWAG, MultiSWAG, deep ensembles at equal budget (MNIST-1D)",
           lambda s, study: [Job("budget", None, {**UNCERTAINTY_DATA, "budgets": (1,), "seeds": s.budget_seeds,
                                                  "epochs": s.budget1d_epochs, "seed": s.seed, **s.budget},
                             threads=1)]),
     Stage("curve_swag", "SWAG over the Bezier curve's bend",
-          lambda s, study: [Job("swag", None, {"curve": str(study / "connect_bezier"), "epochs": s.cswag_epochs,
-                                               "lr": 0.01, "samples": s.cswag_samples, "points": 11,
-                                               "seed": s.seed})], ("connect_bezier",)),
+          lambda s, study: [Job("swag", None, {"curve": str(c), "epochs": s.cswag_epochs, "lr": 0.01,
+                                               "samples": s.cswag_samples, "points": 11, "seed": s.seed}, sub)
+                            for sub, c in _curve_dirs(study, s)], ("connect_bezier",)),
     Stage("swag", "SWAG from each MNIST-1D mode (MultiSWAG, for the shift)",
           lambda s, study: [Job("swag", [m], {"epochs": s.swag_epochs, "seed": k}, m.name, threads=1)
                             for k, m in zip(s.seeds, mode1d_dirs(study, s))], ("modes1d",)),
@@ -195,22 +296,29 @@ STAGES: list[Stage] = [
           lambda s, study: [Job("espro", mode_dirs(study, s), {"vertices": 3, "epochs": s.espro_epochs,
                                                                "members": s.members, "seed": s.seed})], ("modes",)),
     Stage("complex", "A mode-connecting simplicial complex (SPRO)",
-          lambda s, study: [Job("complex", mode_dirs(study, s)[:2], {"connectors": 2,
-                                                                     "epochs": s.complex_epochs,
-                                                                     "seed": s.seed})], ("modes",)),
+          lambda s, study: [Job("complex", pair, {"connectors": 2, "epochs": s.complex_epochs, "seed": s.seed}, sub)
+                            for sub, pair in mode_pairs(study, s)], ("modes",)),
     Stage("dimension", "Dimensionality of the low-loss valley",
-          lambda s, study: [Job("dimension", mode_dirs(study, s)[:2], {"max_connectors": s.dim_connectors,
-                                                                       "epochs": s.dim_epochs,
-                                                                       "seed": s.seed})], ("modes",)),
+          lambda s, study: [Job("dimension", pair, {"max_connectors": s.dim_connectors, "epochs": s.dim_epochs,
+                                                    "seed": s.seed}, sub)
+                            for sub, pair in mode_pairs(study, s)], ("modes",)),
     Stage("calibration", "Calibration and temperature scaling (MNIST-1D)",
           lambda s, study: [Job("calibrate", mode1d_dirs(study, s), threads=1)], ("modes1d",)),
     Stage("shift", "Dataset shift: MNIST-1D generator knobs turned up", _shift, ("modes1d",)),
     Stage("vardrop", "Variational dropout vs variance networks", _vardrop),
     Stage("regression", "1-D regression uncertainty bands",
           lambda s, study: [Job("regression", None, {"method": ("ensemble", "swag", "espro"), **s.regression,
-                                                     "seed": s.seed}, device=False)]),
+                                                     "seed": k}, sub, device=False)
+                            for sub, k in replicate_seeds(s)]),
+    Stage("regression_paths", "Paths between 1-D regression modes: functions along a curve, and its video",
+          lambda s, study: _regression_paths(s, study), ("regression",)),
     Stage("spirals", "Two spirals: functional diversity in a simplex",
-          lambda s, study: [Job("spirals", None, {**s.spirals, "seed": s.seed}, device=False)]),
+          lambda s, study: [Job("spirals", None, {**s.spirals, "seed": k}, sub, device=False)
+                            for sub, k in replicate_seeds(s)]),
+    Stage("align", "Permutation alignment (weight matching): lines and curves", _align, ("modes",)),
+    Stage("paths", "Curve training vs AutoNEB between the same two modes", _paths, ("align",)),
+    Stage("swa_modes", "SWA from each mode (for the width stage)", _swa_modes, ("modes",)),
+    Stage("width", "Optimum width: SGD vs SWA along their line and random directions", _width, ("swa_modes",)),
 ]
 
 
@@ -229,6 +337,7 @@ STAGE_DATA_WHY = {
              "Gaussian noise costs a single convnet about one point of accuracy (98.3% to 97.2%)",
     "vardrop": "a wide MLP on the digits (or --data when it is an MNIST-like image set)",
     "regression": "the synthetic 1-D regression toy", "spirals": "the synthetic two spirals",
+    "regression_paths": "the regression stage's modes (the synthetic 1-D toy): the functions can be drawn",
 }
 
 
@@ -247,17 +356,90 @@ def matmul_gflops(n: int = 512, seconds: float = 0.3) -> float:
 
 
 def run_stage(stage: Stage, settings: Settings, study: Path) -> None:
-    """Every run of `stage`, in-process; finished runs are kept, interrupted ones continue."""
+    """Every run of `stage`, in-process; finished runs are kept, interrupted ones continue. With the Ray
+    executor the stage's `train` runs are trained at the same time as tasks across the cluster first, and
+    every method that has an executor of its own gets the study's."""
     from .api import run
     from .utils import torch_threads
 
     d = study / stage.name
-    for job in stage.jobs(settings, study):
+    jobs = stage.jobs(settings, study)
+    if settings.executor != "local":
+        _train_on_cluster(jobs, settings, d)
+    for job in jobs:
         inputs = [str(p) for p in job.inputs] if job.inputs is not None else None
         device = {"device": settings.device} if job.device else {}
         with torch_threads(job.threads) if job.threads else contextlib.nullcontext():
             run(job.method, None, inputs, d / job.sub if job.sub else d, resume=True, quiet=settings.quiet,
-                **device, **job.config)
+                **device, **_executor_fields(job.method, settings), **job.config)
+
+
+def _executor_fields(method: str, settings: Settings) -> dict:
+    """The study's executor for a method whose Config has one (nothing with the local executor: those runs'
+    configs stay as they were)."""
+    import dataclasses
+
+    from .api import method_module
+
+    if settings.executor == "local":
+        return {}
+    names = {f.name for f in dataclasses.fields(method_module(method).Config)}
+    return {"executor": settings.executor, "ray_address": settings.ray_address} if "executor" in names else {}
+
+
+def _train_on_cluster(jobs: list[Job], settings: Settings, d: Path) -> None:
+    """The stage's `train` runs that need no other run (the modes of several seeds), as tasks across the Ray
+    cluster; this process writes their run directories (the figures follow in run_stage)."""
+    from .api import method_module
+    from .config import replace
+    from .engine.executor import make_executor
+    from .methods.ensemble import RunJob, run_jobs
+
+    todo = []
+    for job in jobs:
+        if job.method == "train" and job.inputs is None:
+            mod = method_module("train")
+            device = {"device": settings.device} if job.device else {}
+            todo.append(RunJob(mod.__name__, replace(mod.Config(), **device, **job.config), None,
+                               d / job.sub if job.sub else d))
+    if todo:
+        for _ in run_jobs(todo, make_executor(settings.executor, settings.ray_address, device=settings.device),
+                          quiet=settings.quiet):
+            pass
+
+
+def _stage_task(settings: Settings, study: str, stage: Stage) -> None:
+    """A stage as a Ray task (on the driver's node, whose study directory it writes)."""
+    run_stage(stage, settings, Path(study))
+
+
+def _run_concurrently(planned: list[Stage], settings: Settings, study: Path, done_stage) -> None:
+    """The `planned` stages as Ray tasks on this machine's node, each started as soon as the stages it needs
+    (among the planned ones) are finished, at most one per CPU of the cluster at a time; a stage task holds
+    no CPU while it waits for the tasks it starts itself. `done_stage(stage, seconds)` records each stage as
+    it finishes."""
+    from .engine.executor import make_executor
+    from .utils import echo
+
+    ex = make_executor(settings.executor, settings.ray_address)
+    names = {st.name for st in planned}
+    waiting, running, finished = list(planned), {}, set()
+    try:
+        while waiting or running:
+            for st in list(waiting):
+                if len(running) < ex.workers and all(dep not in names or dep in finished for dep in st.needs):
+                    (study / st.name).mkdir(parents=True, exist_ok=True)
+                    echo(f"{st.title:<48} started (with {len(running)} other stage(s) running)", settings.quiet)
+                    h = ex.submit(_stage_task, st, shared=(settings, str(study)), on_driver_node=True,
+                                  label=f"study stage {st.name}", coordinator=True)
+                    running[h] = (st, time.time())
+                    waiting.remove(st)
+            h, _ = ex.wait(list(running))
+            st, t0 = running.pop(h)
+            finished.add(st.name)
+            done_stage(st, time.time() - t0)
+    finally:
+        ex.cancel(list(running))
 
 
 def _stage_record(marker: Path) -> dict | None:
@@ -291,6 +473,15 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
     gflops = matmul_gflops()
     t_start = time.time()
     n = len(STAGES)
+    planned: list[Stage] = []  # with the Ray executor: the stages to run, started when their needs are done
+    heads = {st.name: f"[{i:>2}/{n}] {st.title:<48}" for i, st in enumerate(STAGES, 1)}
+
+    def done_stage(st: Stage, secs: float) -> None:
+        write_json(study / st.name / STAGE_FILE, {"stage": st.name, "seconds": secs,
+                                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        status[st.name] = {"status": "done", "seconds": secs}
+        echo(f"{heads[st.name]} done in {secs:.1f}s", settings.quiet)
+
     for i, st in enumerate(STAGES, 1):
         d = study / st.name
         marker = d / STAGE_FILE
@@ -302,10 +493,14 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
             status[st.name] = {**done, "status": "done (cached)"}
             echo(f"{head} cached ({status[st.name].get('seconds', 0):.1f}s when run)", settings.quiet)
             continue
-        missing = [dep for dep in st.needs if not (study / dep / STAGE_FILE).exists()]
+        missing = [dep for dep in st.needs if not (study / dep / STAGE_FILE).exists()
+                   and dep not in {p.name for p in planned}]
         if missing:
             status[st.name] = {"status": f"skipped (needs {', '.join(missing)})", "seconds": 0.0}
             echo(f"{head} skipped: needs {', '.join(missing)}", settings.quiet)
+            continue
+        if settings.executor != "local":
+            planned.append(st)
             continue
         echo(f"{head} running ... (study time so far {time.time() - t_start:.0f}s)", settings.quiet)
         t0 = time.time()
@@ -315,6 +510,9 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
         write_json(marker, {"stage": st.name, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         status[st.name] = {"status": "done", "seconds": secs}
         echo(f"{head} done in {secs:.1f}s", settings.quiet)
+    if planned:
+        _run_concurrently(planned, settings, study, done_stage)
+        status = {st.name: status[st.name] for st in STAGES if st.name in status}
     from .claims import collect_claims
 
     claims = collect_claims(study, mode_dirs(study, settings))

@@ -100,7 +100,14 @@ def bn_buffers_for(model: nn.Module, vector: torch.Tensor, train_split, *, batch
 
 
 def predict_probs(model: nn.Module, vector: torch.Tensor, split, **kw):
+    """Softmax probabilities (float64) and labels; a one-line error for regression targets (float labels)."""
     logits, y = predict_logits(model, vector, split, **kw)
+    if y.is_floating_point():
+        from ..utils import LowlossError
+
+        raise LowlossError("this network predicts regression targets (float labels), and probabilities need a "
+                           "classifier: evaluate regression runs with lowloss connect, lowloss plane or "
+                           "lowloss.engine.evaluate.evaluate_vectors (loss = MSE)")
     return torch.softmax(logits.double(), -1), y
 
 
@@ -292,6 +299,8 @@ def plan_evaluation(model: nn.Module, vectors: torch.Tensor | int | Sequence[int
     bn = has_batchnorm(model)
     recompute = (bn if recompute is None else bool(recompute)) and bn
     regression = getattr(data, "task", "classification") == "regression"
+    if regression:  # no probabilities: the loss is the MSE, the error its root (see evaluate_vectors)
+        scores, calibration = "sums", False
     splits = tuple(splits)
     bn_split = None
     if recompute:
@@ -348,7 +357,8 @@ class Evaluation(Mapping):
     """The result of :func:`run_plan`, for one vector or many (K vectors).
 
     As a mapping (what :func:`evaluate_vectors` returns): ``"<split>_loss"`` and ``"<split>_error"``
-    ([K] float64 tensors; error as a fraction, NaN for regression), ``"<split>_nll"``, ``"<split>_ece"``,
+    ([K] float64 tensors; error as a fraction; for regression data the loss is the mean squared error and the
+    error its square root, the RMSE), ``"<split>_nll"``, ``"<split>_ece"``,
     ``"<split>_brier"`` when the plan keeps calibration metrics, ``"probs"`` (``{split: [K, N, C]}`` for the
     plan's `return_probs`: float32; float64 under ``scores="probs"``, the values :func:`predict_probs` gives), ``"labels"`` (``{split: [N]}``) and ``"engine"`` (what ran: method,
     chunking, passes, BN pass, budget, device, vmap fallback). ``plan`` is the :class:`EvalPlan` it ran, less
@@ -457,6 +467,8 @@ class _Sums:
         if self.regression:
             err = (out.double() - y.double().reshape(1, *y.shape)) ** 2
             self.loss[split] += err.reshape(self.k, -1).sum(1) / max(math.prod(y.shape[1:]), 1)
+            if split in self.probs:  # regression: the outputs themselves
+                self.probs[split].append(out.float())
             return
         logp = torch.log_softmax(out.double(), -1)
         true = logp.gather(-1, y.long().reshape(1, -1, 1).expand(self.k, -1, 1)).squeeze(-1)
@@ -486,6 +498,8 @@ class _Outputs:
 def _results(plan: EvalPlan, chunks: list) -> tuple[dict, dict]:
     """(the mapping's values, the per-vector accuracy per split) from the chunks' accumulators."""
     values: dict = {"probs": {}, "labels": {}}
+    if plan.regression:
+        values["outputs"] = {}
     accuracy = {}
     for s in plan.splits:
         labels = torch.cat(chunks[0].labels[s]).cpu()
@@ -505,12 +519,14 @@ def _results(plan: EvalPlan, chunks: list) -> tuple[dict, dict]:
             continue
         count = max(chunks[0].count[s], 1)
         values[f"{s}_loss"] = torch.cat([r.loss[s] for r in chunks]).cpu() / count
-        if plan.regression:
+        if plan.regression:  # no accuracy; the error is the RMSE, in the targets' units
             accuracy[s] = torch.full((plan.num_vectors,), float("nan"), dtype=torch.float64)
-            values[f"{s}_error"] = torch.full((plan.num_vectors,), float("nan"), dtype=torch.float64)
-        else:
-            accuracy[s] = torch.cat([r.correct[s] for r in chunks]).cpu() / count
-            values[f"{s}_error"] = 1.0 - accuracy[s]
+            values[f"{s}_error"] = values[f"{s}_loss"].sqrt()
+            if s in plan.return_probs:
+                values["outputs"][s] = torch.cat([torch.cat(r.probs[s], 1) for r in chunks]).cpu()
+            continue
+        accuracy[s] = torch.cat([r.correct[s] for r in chunks]).cpu() / count
+        values[f"{s}_error"] = 1.0 - accuracy[s]
         if s in plan.keep:
             probs = torch.cat([torch.cat(r.probs[s], 1) for r in chunks]).cpu()
             if plan.calibration:
@@ -613,7 +629,12 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
     training data (or a fixed subset of `bn_subset` examples) when the model has BatchNorm (`recompute=None`
     means "if it has BN"), exactly as :func:`bn_buffers_for` does: one pass in batches of `batch_size`,
     cumulative average. Losses are the mean NLL of the true class (probabilities clamped at 1e-12 as in
-    :func:`lowloss.metrics.nll`); for regression data, the mean squared error (and error NaN).
+    :func:`lowloss.metrics.nll`). For regression data (``data.task == "regression"``) the loss is the mean
+    squared error, the objective the regression modes and curves are trained with (a Gaussian likelihood of
+    fixed sigma has NLL = MSE / (2 sigma^2) + const: the same minimisers, and a positive number that log-scale
+    planes can draw), and the error is its square root (RMSE, in the targets' units); there is no accuracy,
+    no calibration metric and no probabilities: ``outputs[<split>]`` ([K, N, ...] float32 predictions) for
+    splits in `return_probs`.
 
     `batch_size=None` (the default) takes the statistics over the whole training set in ONE batch when it
     has at most :data:`FULL_BN_EXAMPLES` examples and its activations fit the memory budget (else batches of
@@ -648,6 +669,35 @@ def evaluate_vectors(model: nn.Module, vectors: torch.Tensor, data, *, splits=("
                            forward=forward, memory_budget=memory_budget, chunk_size=chunk_size,
                            eval_batch=eval_batch, method=method, channels_last=channels_last)
     return run_plan(plan, model, vectors, data, forward=forward, quiet=quiet)
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, vectors: torch.Tensor, x: torch.Tensor, *, forward: Forward | None = None,
+                    bufs: Mapping | None = None, chunk_size: int | None = None, method: str = "auto") -> torch.Tensor:
+    """The network's outputs at each of `vectors` ([K, P]) on the inputs `x` ([N, ...]): [K, N, ...] float32.
+
+    What a regression figure draws (the predictive functions on a grid of inputs, not a data split): eval
+    mode, the buffers `bufs` (default: the module's own; no BN statistics pass), chunks of vectors through the
+    same vmapped or looped call as :func:`evaluate_vectors`.
+    """
+    from ..utils import LowlossError
+
+    if method not in ("auto", "vmap", "loop"):
+        raise LowlossError(f"predict_outputs method '{method}' is not auto, vmap or loop")
+    vectors = vectors.detach().reshape(-1, vectors.shape[-1])
+    x = _cast(x.to(vectors.device), vectors.dtype)
+    use_vmap = (choose_method(model, vectors.device) if method == "auto" else method) == "vmap"
+    k = max(1, min(int(chunk_size or MAX_CHUNK), vectors.shape[0]))
+    outs = []
+    with eval_mode(model):
+        for i in range(0, vectors.shape[0], k):
+            chunk = vectors[i:i + k]
+            runner = _Runner(model, chunk, forward, use_vmap)
+            batched, shared = _bn_buffer_split(model, vectors.device, vectors.dtype, chunk.shape[0], False, bufs)
+            if not use_vmap:
+                shared = [shared] * chunk.shape[0]
+            outs.append(runner(batched, shared, x).float())
+    return torch.cat(outs)
 
 
 def _evaluate_chunk(plan: EvalPlan, model, chunk, data, inputs: _Inputs, use_vmap: bool, forward, bufs):

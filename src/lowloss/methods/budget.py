@@ -31,6 +31,11 @@ predictions are cached next to it (preds.safetensors): an interrupted comparison
 Writes OUT/run.json ("summary": {method: {budget: {metric: {mean, std}}}}, per-seed numbers,
 "paired_vs_single" (method minus single on the same seed), the epoch accounting), OUT/budget.md
 (tables) and OUT/budget.png (accuracy and NLL against budget).
+
+With --executor ray every member run is a task on a Ray cluster (one torch thread per task): first every run
+that needs no other (ordinary trainings, pretrained networks, SSE), then the runs made from those (FGE, SWA /
+SWAG, MultiSWAG members); this process writes each finished run directory, then predicts and scores as a
+local comparison does. Members trained at the same thread count have the same weights either way.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from .. import metrics as M
 from ..config import option, replace, require, split_list
 from ..data import load_dataset
 from ..engine.evaluate import bn_buffers_for, predict_probs
+from ..engine.executor import EXECUTORS, make_executor
 from ..models import parse_options
 from ..rundir import RunDir, load_tensors, read_result, run_method, save_tensors
 from ..utils import echo, progress
@@ -54,7 +60,7 @@ from . import fge as fge_method
 from . import sse as sse_method
 from . import swag as swag_method
 from . import train as train_method
-from .ensemble import member_probs, model_and_data, snapshot_predictor
+from .ensemble import RunJob, member_probs, model_and_data, run_jobs, snapshot_predictor
 from .predictor import run_predictor
 
 METHODS = ("single", "ensemble", "sse", "fge", "swa", "swag", "multiswag")
@@ -100,6 +106,8 @@ class Config(train_method.Network):
     samples: int = option(_SWAG.samples, "SWAG samples (MultiSWAG: in all, split evenly among members).")
     methods: tuple = option(METHODS, "Comma-separated subset of the methods.", parse=split_list)
     device: str = "auto"
+    executor: str = option("local", choices=EXECUTORS)
+    ray_address: str | None = None
 
     def check(self) -> None:
         self.model_options = parse_options(self.model_options)
@@ -109,6 +117,7 @@ class Config(train_method.Network):
         bad = [m for m in self.methods if m not in METHODS]
         require(not bad, f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
         require(bool(self.methods), "--methods names no method")
+        require(self.executor in EXECUTORS, f"--executor must be one of {', '.join(EXECUTORS)} (got '{self.executor}')")
         require(bool(self.budgets) and all(b >= 1 for b in self.budgets), "--budgets must be positive integers")
         require(self.seeds >= 1, f"--seeds must be at least 1 (got {self.seeds})")
         require(e >= 1, f"--epochs must be at least 1 (got {e})")
@@ -199,8 +208,11 @@ class _Comparison:
                                   seed=seed, data_seed=c.data_seed, data_dir=c.data_dir, device=c.device)
         return self.member(train_method, cfg, None, d, tag)
 
+    def probs(self, d: Path, key: str, compute, need: int | None = None) -> torch.Tensor:
+        return cached_probs(d, key, compute, need)
+
     def run_probs(self, d: Path) -> torch.Tensor:
-        return cached_probs(d, "run", lambda: _probs_of(run_predictor(d, device=self.c.device)))
+        return self.probs(d, "run", lambda: _probs_of(run_predictor(d, device=self.c.device)))
 
     def pretrain(self, s: int) -> Path:
         pre = round(self.c.pretrain_fraction * self.c.epochs)
@@ -231,7 +243,7 @@ class _Comparison:
                                 cycle_epochs=c.epochs / c.sse_cycles, lr=c.sse_lr, momentum=c.momentum, wd=c.wd,
                                 batch_size=c.batch_size, seed=s, device=c.device, evaluate=False)
         d = self.member(sse_method, cfg, None, self.seed_dir(s) / f"sse_b{b}", "sse")
-        return cached_probs(d, "members", lambda: _probs_of(snapshot_predictor(d, device=c.device)))
+        return self.probs(d, "members", lambda: _probs_of(snapshot_predictor(d, device=c.device)))
 
     def fge(self, s: int, b: int) -> torch.Tensor:
         c = self.c
@@ -240,7 +252,7 @@ class _Comparison:
         cfg = fge_method.Config(cycles=acc["cycles"], cycle_epochs=c.fge_cycle_epochs, lr_high=c.fge_lr_high,
                                 lr_low=c.fge_lr_low, seed=s, device=c.device, evaluate=False)
         d = self.member(fge_method, cfg, [str(base)], self.seed_dir(s) / f"fge_b{b}", "fge")
-        return cached_probs(d, "members", lambda: _probs_of(snapshot_predictor(d, device=c.device)))
+        return self.probs(d, "members", lambda: _probs_of(snapshot_predictor(d, device=c.device)))
 
     def _swag_dir(self, base: Path, d: Path, epochs: int, seed: int, tag: str) -> Path:
         c = self.c
@@ -251,7 +263,7 @@ class _Comparison:
     def _swag_samples(self, d: Path, n: int, seed: int) -> torch.Tensor:
         c = self.c
         key = f"swag_scale{c.scale:g}_seed{seed}{BN_TAG}"
-        return cached_probs(d, key, lambda: _probs_of(swag_method.swag_predictor(d, device=c.device, samples=n,
+        return self.probs(d, key, lambda: _probs_of(swag_method.swag_predictor(d, device=c.device, samples=n,
                                                                                  scale=c.scale), seed), need=n)
 
     def _swa_probs(self, d: Path) -> torch.Tensor:
@@ -263,7 +275,7 @@ class _Comparison:
             probs, _ = predict_probs(model, v, data.test, bufs=bn_buffers_for(model, v, data.train))
             return probs[None]
 
-        return cached_probs(d, "swa" + BN_TAG, compute)
+        return self.probs(d, "swa" + BN_TAG, compute)
 
     def swag_run(self, s: int, b: int) -> Path:
         c = self.c
@@ -292,14 +304,47 @@ class _Comparison:
         return torch.cat(probs)
 
 
+class _Planner(_Comparison):
+    """The member runs a comparison needs (``jobs``: directory -> RunJob), recorded instead of run."""
+
+    def __init__(self, c: Config, run_dir: RunDir, quiet: bool):
+        super().__init__(c, run_dir, quiet)
+        self.jobs: dict[str, RunJob] = {}
+
+    def member(self, module, config, inputs, path: Path, tag: str) -> Path:
+        self.jobs.setdefault(str(path), RunJob(module.__name__, config, inputs, Path(path)))
+        return path
+
+    def probs(self, d, key, compute, need=None) -> torch.Tensor:
+        return torch.zeros(1, 1, 1)
+
+
+def _run_members(c: Config, run_dir: RunDir, tasks, executor, quiet: bool) -> None:
+    """Every member run of the comparison through the executor, runs made from other runs after those."""
+    planner = _Planner(c, run_dir, quiet)
+    for s, b, m in tasks:
+        getattr(planner, m)(s, b)
+    todo = list(planner.jobs.values())
+    with progress(total=len(todo), desc="budget runs", quiet=quiet, unit="run") as bar:
+        while todo:
+            waiting = {str(j.out) for j in todo}
+            ready = [j for j in todo if not any(str(p) in waiting for p in j.inputs or ())]
+            for _ in run_jobs(ready, executor, resume=True, quiet=True):
+                bar.update(1)
+            todo = [j for j in todo if j not in ready]
+
+
 # ---------------------------------------------------------------------------------------------------- method
 def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
     """Train (or reuse) every member, evaluate every method at every budget and seed; writes run.json and
     budget.md."""
     c = config
+    executor = make_executor(c.executor, c.ray_address, device=c.device)  # an unreachable cluster: error first
     comp = _Comparison(c, run_dir, quiet)
     seeds = list(range(c.seed, c.seed + c.seeds))
     tasks = [(s, b, m) for s in seeds for b in c.budgets for m in c.methods]
+    if executor.name != "local":
+        _run_members(c, run_dir, tasks, executor, quiet)
     raw: dict = {m: {str(b): {} for b in c.budgets} for m in c.methods}
     for s, b, m in progress(tasks, desc="budget", quiet=quiet, unit="task"):
         probs = getattr(comp, m)(s, b)

@@ -13,24 +13,36 @@ t; per path curve/line the lists train_loss, train_error, test_loss, test_error,
 ensemble_test_nll; summary.{curve,line}.{barrier, max_train_loss, max_test_error}; endpoint_ensemble;
 endpoints; history; timing), curve.png and ensemble.png. An interrupted run (training or evaluation)
 continues with --resume.
+
+Regression data (the modes of `lowloss regression`): loss = MSE (the training objective), error = RMSE, no
+ensemble metrics; also functions.npz (the predictive functions at --marks equally spaced t and their spread
+near and away from the data), path_plane.npz (the train loss on the plane of the final curve) and
+regression_path.png (that plane with the marked points beside the functions), instead of ensemble.png.
+
+--frames N saves the curve's control points at N steps spread over training and, after training, evaluates
+the train loss on each one's plane (endpoints and middle control point) on a --frame-grid G grid with common
+axes: frames/frame_<i>.npz, each written when finished (resumable); `lowloss animate RUN_DIR` makes the video.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import metrics as M
 from ..config import option, replace, require
 from ..data import Dataset
-from ..engine.evaluate import evaluate_vectors
+from ..engine.evaluate import evaluate_vectors, predict_outputs
 from ..engine.fit import FitConfig, fit_subspace
 from ..engine.schedules import SCHEDULES
 from ..params import Forward, flatten, has_batchnorm, num_params
@@ -43,14 +55,29 @@ from ..rundir import (
     load_tensors,
     read_result,
     run_method,
+    save_npz,
     save_tensors,
 )
 from ..subspaces.curves import Curve, Line, curve_class, make_curve
-from ..utils import LowlossError, load_tensor_metadata, meta_json, progress, seed_everything
+from ..subspaces.plane import grid_axes
+from ..utils import LowlossError, load_tensor_metadata, meta_json, progress, seed_everything, torch_threads
+from .animate import (
+    FRAME_DIR,
+    FRAME_MARGIN,
+    FRAME_MIN_ASPECT,
+    FrameRecorder,
+    curve_plane,
+    curve_points,
+    frame_steps,
+    plane_grid,
+    record_frames,
+    snapshot_files,
+)
 
 INPUTS = {"metavar": "RUN_A RUN_B", "nargs": 2}
 CURVE_FILE = "curve.safetensors"
 PARTIAL_FILE = "curve_eval.partial.json"
+NEB_FILE = "neb_state.safetensors"
 PATH_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "ensemble_test_error", "ensemble_test_nll")
 
 
@@ -72,11 +99,32 @@ class Config:
                                  "gradient).")
     points: int = option(61, "Equally spaced values of t at which the curve and the line are evaluated.")
     free_endpoints: bool = option(False, "Train the endpoints too (fixed to the two runs by default).")
+    method: str = option("curve", "Path finder: a trained curve (--curve, --bends) or AutoNEB, a nudged elastic band "
+                                  "whose pivots are inserted where the loss is highest (--neb-*, --spring; "
+                                  "--epochs are shared among the rounds).", choices=("curve", "neb"))
+    neb_pivots: int = option(2, "AutoNEB: pivots of the first band (between the endpoints).")
+    neb_rounds: int = option(3, "AutoNEB: relaxation rounds; pivots are inserted between them.")
+    neb_insert: int = option(2, "AutoNEB: pivots inserted after each round (where the loss is highest).")
+    spring: float = option(1.0, "AutoNEB: spring constant along the band.")
+    align: bool = option(False, "Permute RUN_B's hidden units to match RUN_A (weight matching, as `lowloss "
+                                "align`) before connecting them.")
+    frames: int | None = option(None, "Record the plane of the curve at N times spread over training, the frames "
+                                      "of a video (lowloss animate RUN_DIR); none by default.", metavar="N")
+    frame_grid: int = option(41, "Grid points per axis of each frame's plane (G x G), and of the plane of the "
+                                 "final curve drawn for regression data.", metavar="G")
+    marks: int = option(5, "Regression data: marked points (equally spaced t, ends included) whose predictive "
+                           "functions are drawn and compared.")
     seed: int = 0
     bn_subset: int | None = None
     device: str = "auto"
 
     def check(self) -> None:
+        require(self.frames is None or self.frames >= 1,
+                f"--frames must be >= 1 (got {self.frames}); leave it out to record no video")
+        require(self.frame_grid >= 2, f"--frame-grid must be >= 2 grid points per axis (got {self.frame_grid})")
+        require(self.marks >= 2, f"--marks must be >= 2 (got {self.marks}): both endpoints are marked")
+        require(self.frames is None or self.method == "curve",
+                "--frames records the plane of a trained curve: use it with --method curve")
         require(self.curve in ("bezier", "polychain"),
                 f"--curve must be bezier or polychain (got '{self.curve}'); the line is always evaluated as the "
                 "baseline")
@@ -86,6 +134,10 @@ class Config:
                 f"--t-per-batch must be between 1 and the batch size {self.batch_size} (got {self.t_per_batch})")
         require(self.epochs >= 0, f"--epochs must be >= 0 (got {self.epochs})")
         require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
+        require(self.method in ("curve", "neb"), f"--method must be curve or neb (got '{self.method}')")
+        require(self.neb_pivots >= 1 and self.neb_rounds >= 1 and self.neb_insert >= 0,
+                "--neb-pivots and --neb-rounds must be >= 1 and --neb-insert >= 0")
+        require(self.spring >= 0, f"--spring must be >= 0 (got {self.spring})")
 
 
 @dataclass
@@ -234,31 +286,59 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, model: 
     elif model is None or w_a is None or w_b is None or data is None:
         raise LowlossError("connect needs two run directories RUN_A RUN_B (or, from Python, model, w_a, w_b and "
                            "data: lowloss.connect)")
-    if data.num_classes <= 0:
-        raise LowlossError("connect evaluates classifiers (loss = cross-entropy, error = 1 - accuracy); "
-                           f"the data '{data.name}' is a regression task")
+    regression = data.num_classes <= 0
     w_a, w_b = _as_vector(w_a, model, "w_a"), _as_vector(w_b, model, "w_b")
     device = w_a.device
     data = data.to(device)
     runs = input_record(inputs) or []
 
     gen = seed_everything(config.seed)
+    alignment = None
+    if config.align:  # B permuted to match A: the same function, another point of weight space
+        from .align import align_vector
+
+        w_b, alignment = align_vector(model, w_a, w_b, data.input_shape, seed=config.seed)
     path = make_curve(config.curve, w_a, w_b, config.bends, fix_endpoints=not config.free_endpoints)
     fit_cfg = FitConfig(epochs=config.epochs, lr=config.lr, momentum=config.momentum, wd=config.wd,
                         batch_size=config.batch_size, schedule=config.schedule, coords_per_batch=config.t_per_batch)
     t0 = time.time()
-    history = fit_subspace(model, path, data, fit_cfg, generator=gen, run_dir=run_dir.path,
-                           resume=run_dir.resuming, quiet=quiet, desc=f"connect {run_dir.path.name}", device=device,
-                           forward=forward)
+    if config.method == "neb":
+        from ..subspaces.neb import NEBConfig, neb_path
+
+        neb_cfg = NEBConfig(pivots=config.neb_pivots, rounds=config.neb_rounds, insert=config.neb_insert,
+                            epochs=max(1, -(-config.epochs // config.neb_rounds)), lr=config.lr,
+                            momentum=config.momentum, wd=config.wd, spring=config.spring,
+                            batch_size=config.batch_size, bn_subset=config.bn_subset)
+        path, history, cost = neb_path(model, w_a, w_b, data, neb_cfg, generator=gen, state_file=run_dir.file(NEB_FILE),
+                                       resume=run_dir.resuming, quiet=quiet, device=device, forward=forward)
+    else:
+        recorder = None
+        if config.frames:  # the curve's controls at N steps; their planes are evaluated after training
+            per_epoch = data.train.num_batches(config.batch_size)
+            recorder = FrameRecorder(path, run_dir.file(FRAME_DIR),
+                                     frame_steps(config.epochs * per_epoch, config.frames), per_epoch)
+        history = fit_subspace(model, path, data, fit_cfg, generator=gen, run_dir=run_dir.path,
+                               resume=run_dir.resuming, quiet=quiet, desc=f"connect {run_dir.path.name}",
+                               device=device, forward=forward, after_step=recorder)
+        cost = {"gradient_evaluations": config.epochs * data.train.num_batches(config.batch_size)}
     train_seconds = time.time() - t0
     save_curve(run_dir.file(CURVE_FILE), path, runs, config.free_endpoints)
 
     t1 = time.time()
-    result = _evaluate(model, path, Line(w_a, w_b), data, config, run_dir, quiet, forward)
+    evaluate = _evaluate_regression if regression else _evaluate
+    result = evaluate(model, path, Line(w_a, w_b), data, config, run_dir, quiet, forward)
     result.update({"runs": runs, "history": history, "num_params": int(w_a.numel()), "data": data.describe(),
                    "timing": {"train_seconds": train_seconds, "eval_seconds": time.time() - t1,
-                              "points_evaluated": 2 * config.points + 2}})
-    return run_dir.finish(result, remove=(PARTIAL_FILE,))
+                              "points_evaluated": 2 * config.points + 2},
+                   "cost": {**cost, "unit": "gradient evaluations: one network's forward and backward pass over "
+                                             f"one minibatch of {config.batch_size} examples"}})
+    if alignment is not None:
+        result["alignment"] = alignment
+    if config.frames:
+        result["frames"] = record_frames(model, data, path.kind, run_dir, frames=config.frames,
+                                         grid=config.frame_grid, bn_subset=config.bn_subset, quiet=quiet,
+                                         threads=1 if regression and device.type == "cpu" else None)
+    return run_dir.finish(result, remove=(PARTIAL_FILE, NEB_FILE, *snapshot_files(config.frames)))
 
 
 def _evaluate(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool, forward) -> dict:
@@ -306,7 +386,102 @@ def _evaluate(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool
     return result
 
 
+# ------------------------------------------------------------------------------------------ regression
+REGRESSION_KEYS = ("train_loss", "train_error", "test_loss", "test_error")
+FUNCTIONS_FILE = "functions.npz"
+PATH_PLANE_FILE = "path_plane.npz"
+PATH_PLANE_DIR = "path_plane_chunks"
+FUNCTION_POINTS = 400  # inputs of the grid on which the predictive functions are drawn
+AWAY_FROM_DATA = 0.25  # an input farther than this from every training input is "away from the data"
+
+
+def function_spread(functions: np.ndarray, away: np.ndarray) -> dict:
+    """Mean over inputs of the pointwise standard deviation of functions [M, X] across the M of them, near the
+    training data and away from it (`away`: [X] bool)."""
+    sd = functions.std(0)
+    return {"near_data": float(sd[~away].mean()) if (~away).any() else None,
+            "away_from_data": float(sd[away].mean()) if away.any() else None}
+
+
+def _evaluate_regression(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool, forward) -> dict:
+    """Regression data: train/test loss (MSE, the training objective) and error (RMSE) along the curve and
+    the line; for 1-D inputs the predictive functions at the --marks marked t (functions.npz) and their
+    spread near and away from the data; the train loss on the plane of the curve (path_plane.npz). On the CPU
+    with one intra-op thread: regression networks are tiny, and extra threads only add synchronisation."""
+    cpu = path.control(0).device.type == "cpu"
+    with torch_threads(1) if cpu else contextlib.nullcontext():
+        return _regression_evaluation(model, path, line, data, cfg, run_dir, quiet, forward)
+
+
+def _regression_evaluation(model, path, line, data, cfg: Config, run_dir: RunDir, quiet: bool, forward) -> dict:
+    t = torch.linspace(0, 1, cfg.points, dtype=torch.float64)
+    result: dict = {"t": t.tolist(), "task": "regression"}
+    for name, p in (("curve", path), ("line", line)):
+        with torch.no_grad():
+            vecs = p.points(t[:, None].to(p.device)).detach()
+        r = evaluate_vectors(model, vecs, data, bn_subset=cfg.bn_subset, forward=forward)
+        result[name] = {k: [float(v) for v in r[k]] for k in REGRESSION_KEYS}
+    result["summary"] = {name: {"max_train_loss": float(max(result[name]["train_loss"])),
+                                "max_test_loss": float(max(result[name]["test_loss"])),
+                                "max_test_error": float(max(result[name]["test_error"])),
+                                "barrier": barrier(t, result[name]["train_loss"])} for name in ("curve", "line")}
+    result["endpoints"] = {name: {k: result["curve"][k][i] for k in REGRESSION_KEYS}
+                           for name, i in (("w_a", 0), ("w_b", -1))}
+    result["bn"] = {"recomputed": has_batchnorm(model)}
+    controls = path.controls().detach()
+    plane = curve_plane(controls)
+    marks = torch.linspace(0, 1, cfg.marks, dtype=torch.float64)
+    with torch.no_grad():
+        mark_vecs = path.points(marks[:, None].to(path.device)).detach()
+    mark_eval = evaluate_vectors(model, mark_vecs, data, splits=("train",), bn_subset=cfg.bn_subset, forward=forward)
+    result["marks"] = {"t": marks.tolist(), "train_loss": [float(v) for v in mark_eval["train_loss"]]}
+    if tuple(data.input_shape) == (1,):
+        xtr = data.train.x.reshape(-1).double().cpu()
+        xte = data.test.x.reshape(-1).double().cpu()
+        xg = torch.linspace(float(min(xtr.min(), xte.min())), float(max(xtr.max(), xte.max())), FUNCTION_POINTS,
+                            dtype=torch.float64)
+        away = ((xg[:, None] - xtr[None]).abs().min(1).values > AWAY_FROM_DATA).numpy()
+        xin = xg[:, None].to(device=mark_vecs.device, dtype=mark_vecs.dtype)
+        with torch.no_grad():
+            line_vecs = line.points(marks[:, None].to(line.device)).detach()
+        f_curve = predict_outputs(model, mark_vecs, xin, forward=forward).reshape(cfg.marks, -1).double().cpu().numpy()
+        f_line = predict_outputs(model, line_vecs, xin, forward=forward).reshape(cfg.marks, -1).double().cpu().numpy()
+        save_npz(run_dir.file(FUNCTIONS_FILE), {
+            "x": xg.numpy(), "away": away, "t": marks.numpy(), "curve": f_curve, "line": f_line,
+            "train_x": xtr.numpy(), "train_y": data.train.y.reshape(-1).double().cpu().numpy(),
+            "test_x": xte.numpy(), "test_y": data.test.y.reshape(-1).double().cpu().numpy(),
+            "mark_train_loss": mark_eval["train_loss"].numpy()})
+        result["functions"] = {"file": FUNCTIONS_FILE, "points": FUNCTION_POINTS, "away_distance": AWAY_FROM_DATA,
+                               "away_fraction": float(away.mean()),
+                               "spread": {"curve": function_spread(f_curve, away),
+                                          "line": function_spread(f_line, away)}}
+    # the plane of the curve (through the endpoints and the middle control point), as `lowloss plane --curve`
+    tc, pts = curve_points(path.kind, controls, cfg.points)
+    curve_xy, ctrl_xy = plane.project(pts).cpu().numpy(), plane.project(controls).cpu().numpy()
+    xs, ys = grid_axes(np.concatenate([curve_xy, ctrl_xy]), cfg.frame_grid, FRAME_MARGIN, FRAME_MIN_ASPECT)
+    arrays, _engine, secs = plane_grid(model, data, plane, xs, ys, run_dir.file(PATH_PLANE_DIR),
+                                       bn_subset=cfg.bn_subset, quiet=quiet, desc="plane of the curve")
+    n = controls.shape[0]
+    save_npz(run_dir.file(PATH_PLANE_FILE), {
+        "x": xs, "y": ys, "train_loss": arrays["train_loss"], "curve_coords": curve_xy, "curve_t": tc.numpy(),
+        "control_coords": ctrl_xy, "mark_coords": plane.project(mark_vecs).cpu().numpy(), "mark_t": marks.numpy(),
+        "point_coords": ctrl_xy[[0, n - 1, n // 2]]})
+    shutil.rmtree(run_dir.file(PATH_PLANE_DIR), ignore_errors=True)
+    result["path_plane"] = {"file": PATH_PLANE_FILE, "grid": cfg.frame_grid, "seconds": secs,
+                            "curve_max_distance_from_plane": float(plane.distance(pts).max())}
+    return result
+
+
 def summary(info: dict) -> str:
+    if info.get("task") == "regression":
+        s = info["summary"]
+        lines = [f"{name:>5}: barrier {s[name]['barrier']:.4g}  max train loss (MSE) {s[name]['max_train_loss']:.4g}"
+                 f"  max test RMSE {s[name]['max_test_error']:.4g}" for name in ("curve", "line")]
+        sp = (info.get("functions") or {}).get("spread", {}).get("curve")
+        if sp and sp.get("away_from_data") is not None:
+            lines.append(f"functions at {len(info['marks']['t'])} marked t: mean std {sp['away_from_data']:.4g} away "
+                         f"from the data, {sp['near_data']:.4g} near it")
+        return "\n".join(lines)
     s, pair = info["summary"], info["endpoint_ensemble"]
     lines = [f"{name:>5}: barrier {s[name]['barrier']:.4f}  max train loss {s[name]['max_train_loss']:.4f}  "
              f"max test error {100 * s[name]['max_test_error']:.2f}%" for name in ("curve", "line")]

@@ -10,24 +10,36 @@ Snapshot folders (``members.safetensors``, written by fge and sse) hold one flat
 (``member_000``, ...) plus, for models with BatchNorm, the member's running statistics as they were when
 the snapshot was taken (``member_000/<buffer name>``): snapshots are SGD iterates, networks "trained as
 such", so they keep the statistics their own training produced; --recompute-bn recomputes them instead.
+
+With --executor ray every input directory's predictive distribution is computed as a task on a Ray cluster
+(the loaded predictor is shipped through the object store), at one torch thread per task; the numbers are
+those of a local run at the same thread count. :func:`run_jobs` runs several method runs (ensemble members
+of several seeds, a comparison's trainings, a simplex per mode) through an executor: on Ray each run is made
+in a worker's scratch directory from shipped copies of its input runs, and this process writes the finished
+run directory (workers need no shared filesystem).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import metrics as M
-from ..config import option, replace, require
+from ..config import check_common, option, replace, require
+from ..engine.executor import EXECUTORS, Executor, make_executor
 from ..engine.train import Stateful
 from ..rundir import (
+    CONFIG_FILE,
+    RESULT_FILE,
     RunDir,
     build_from_config,
+    config_record,
     find_run,
     load_run,
     load_tensors,
@@ -35,7 +47,7 @@ from ..rundir import (
     run_method,
     save_tensors,
 )
-from ..utils import LowlossError, meta_json, progress
+from ..utils import LowlossError, atomic_path, meta_json, progress
 from .predictor import Predictor, load_predictor
 
 INPUTS = {"metavar": "DIRS", "nargs": -1}
@@ -54,8 +66,11 @@ class Config:
                                        "are).")
     seed: int = 0
     device: str = "auto"
+    executor: str = option("local", choices=EXECUTORS)
+    ray_address: str | None = None
 
     def check(self) -> None:
+        require(self.executor in EXECUTORS, f"--executor must be one of {', '.join(EXECUTORS)} (got '{self.executor}')")
         require(self.samples >= 1, f"--samples must be at least 1 (got {self.samples})")
         require(self.scale is None or self.scale >= 0, f"--scale must be >= 0 (got {self.scale})")
         require(self.split in ("test", "train"), "--split must be test or train")
@@ -215,16 +230,148 @@ def snapshot_metrics(predictor: Predictor) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- method
+def _probs_task(pred: Predictor, job: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    split, seed = job
+    return member_probs(pred, split, torch.Generator().manual_seed(seed))
+
+
+def _dir_probs(config: Config, dirs: list[str], quiet: bool) -> Iterator[tuple[str, tuple]]:
+    """(directory, (member probs, labels)) of every input, in order: each computed in this process, or as
+    a task per directory through Ray (the predictor loaded here and shipped)."""
+    def predictor(d):
+        return load_predictor(d, device=config.device, samples=config.samples, scale=config.scale,
+                              recompute_bn=config.recompute_bn)
+
+    if config.executor == "local":
+        for i, d in enumerate(progress(dirs, desc="ensemble", quiet=quiet, unit="dir")):
+            yield d, member_probs(predictor(d), config.split, torch.Generator().manual_seed(config.seed + i))
+        return
+    ex = make_executor(config.executor, config.ray_address, device=config.device)
+    got: dict[int, tuple] = {}
+    with progress(total=len(dirs), desc="ensemble", quiet=quiet, unit="dir") as bar:
+        refs = [ex.submit(_probs_task, (config.split, config.seed + i), shared=(ex.share(predictor(d)),),
+                          label=f"ensemble member {d}") for i, d in enumerate(dirs)]
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        try:
+            while pending:
+                done, res = ex.wait(pending)
+                pending.remove(done)
+                got[index[done]] = tuple(t.cpu() for t in res)
+                bar.update(1)
+        finally:
+            ex.cancel(pending)
+    for i, d in enumerate(dirs):
+        yield d, got[i]
+
+
+# ---------------------------------------------------------------------------------------------------- many runs
+@dataclass
+class RunJob:
+    """One method run: ``run_method(<module>, config, inputs, out)``; `fit_kw` are passed to a local run only
+    (e.g. already loaded data)."""
+
+    module: str
+    config: object
+    inputs: list | None
+    out: Path
+    fit_kw: dict | None = None
+
+
+def pack_dir(path: Path) -> dict[str, bytes]:
+    """The files of a run directory (no lock, no temporary files) as ``{relative path: bytes}``."""
+    path = Path(path)
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
+            if f.is_file() and not f.name.startswith(".")}
+
+
+def _unpack(files: dict[str, bytes], path: Path) -> None:
+    for rel, data in files.items():
+        with atomic_path(path / rel) as tmp:
+            tmp.write_bytes(data)
+
+
+def remote_run(job: tuple) -> tuple[dict[str, bytes], list[str]]:
+    """What a worker does for :func:`run_jobs`: write the shipped input runs into a scratch directory, make the
+    run there, return its files and the scratch input paths (which the driver replaces by its own)."""
+    import tempfile
+
+    module, config, inputs, name = job
+    with tempfile.TemporaryDirectory(prefix="lowloss-") as tmp:
+        paths = []
+        for k, (base, files) in enumerate(inputs or ()):
+            p = Path(tmp) / "in" / str(k) / base
+            _unpack(files, p)
+            paths.append(str(p.resolve()))
+        out = Path(tmp) / "out" / name
+        run_method(importlib.import_module(module), config, paths if inputs is not None else None, out, quiet=True)
+        return pack_dir(out), paths
+
+
+def _write_run(job: RunJob, files: dict[str, bytes], scratch: list[str]) -> dict:
+    """Write a run made on a worker into job.out through RunDir (guarded, locked), run.json last."""
+    module = importlib.import_module(job.module)
+    name = module.__name__.rsplit(".", 1)[-1]
+    inputs = [str(p) for p in job.inputs] if job.inputs is not None else None
+    rd = RunDir.open(job.out, name, config_record(job.config, inputs), resume=True, quiet=True)
+    if rd.finished is not None:
+        return rd.finished
+    with rd:
+        mine = [str(Path(p).resolve()) for p in inputs or ()]
+        info = json.loads(_replace_paths(files.pop(RESULT_FILE), scratch, mine))
+        files.pop(CONFIG_FILE, None)
+        _unpack({k: _replace_paths(v, scratch, mine) if k.endswith(".json") else v for k, v in files.items()},
+                rd.path)
+        rest = {k: v for k, v in info.items() if k not in ("method", "config", "versions", "model")}
+        return rd.finish(rest, model=info.get("model"))
+
+
+def _replace_paths(data: bytes, old: list[str], new: list[str]) -> bytes:
+    text = data.decode()
+    for o, n in sorted(zip(old, new), key=lambda p: -len(p[0])):
+        text = text.replace(json.dumps(o)[1:-1], json.dumps(n)[1:-1])
+    return text.encode()
+
+
+def run_jobs(jobs: Sequence[RunJob], executor: Executor | None = None, *, resume: bool = True,
+             quiet: bool = False) -> Iterator[tuple[int, dict]]:
+    """Run (or reuse) every job; yields ``(index, run.json contents)`` as runs finish. Locally each job is
+    ``run_method`` in this process, in order. Through Ray every job whose directory holds no finished run
+    becomes a task: its input runs are shipped to the worker, which makes the run in a scratch directory and
+    returns the files; this process writes them into job.out. Jobs must not depend on each other's output
+    (run dependent jobs in a later call)."""
+    remote = []
+    for i, job in enumerate(jobs):
+        local = executor is None or executor.name == "local" or (Path(job.out) / RESULT_FILE).exists()
+        if local:
+            yield i, run_method(importlib.import_module(job.module), job.config, job.inputs, job.out,
+                                resume=resume, quiet=quiet, **(job.fit_kw or {}))
+        else:
+            remote.append(i)
+    if not remote:
+        return
+
+    def ship(job: RunJob):
+        ins = None if job.inputs is None else [(Path(p).name, pack_dir(Path(p))) for p in job.inputs]
+        name = importlib.import_module(job.module)
+        check_common(job.config)  # bad settings: one line here, before any task starts
+        job.config.check()
+        if hasattr(name, "check_inputs") and job.inputs is not None:
+            name.check_inputs(job.config, job.inputs)
+        return (job.module, job.config, ins, Path(job.out).name)
+
+    tasks = [ship(jobs[i]) for i in remote]
+    for k, (files, scratch) in executor.map(remote_run, tasks, label="run"):
+        yield remote[k], _write_run(jobs[remote[k]], files, scratch)
+
+
 def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict:
     """Evaluate each input directory's predictive distribution and their equal-weight average."""
     require(bool(inputs), "give at least one run, snapshot or SWAG directory")
     dirs = [str(d) for d in inputs]
     split = config.split
     results, per_dir, labels = [], [], None
-    for i, d in enumerate(progress(dirs, desc="ensemble", quiet=quiet, unit="dir")):
-        pred = load_predictor(d, device=config.device, samples=config.samples, scale=config.scale,
-                              recompute_bn=config.recompute_bn)
-        probs, y = member_probs(pred, split, torch.Generator().manual_seed(config.seed + i))
+    for d, (probs, y) in _dir_probs(config, dirs, quiet):
         if labels is not None and (len(y) != len(labels) or not torch.equal(y, labels)):
             raise LowlossError(f"{d} was evaluated on different {split} data than {dirs[0]}: ensembles need "
                                "the same dataset and --data-seed")
@@ -264,6 +411,6 @@ def ensemble(dirs, config: Config | None = None, out: str | Path = "runs/ensembl
                       quiet=quiet, fresh=fresh)
 
 
-__all__ = ["Config", "MEMBERS_FILE", "SnapshotCollector", "ensemble", "ensemble_curve", "ensemble_metrics", "fit",
-           "load", "member_probs", "members_file", "model_and_data", "read_members", "save_members",
+__all__ = ["Config", "MEMBERS_FILE", "RunJob", "SnapshotCollector", "ensemble", "ensemble_curve", "ensemble_metrics", "fit",
+           "load", "member_probs", "members_file", "model_and_data", "pack_dir", "read_members", "run_jobs", "save_members",
            "snapshot_metrics", "snapshot_predictor", "summary"]

@@ -4,7 +4,8 @@ Each simplex is a `lowloss simplex` run in OUT/simplex_<i> (grown from RUNS[i] w
 --members samples are drawn from EACH simplex and the ESPRO predictive distribution is the mean of all
 their softmax outputs. OUT/run.json holds `espro` and `deep_ensemble` = test accuracy, NLL, ECE (15 bins)
 and Brier, and per simplex its directory, log-volumes and test metrics. --resume continues an interrupted
-run; finished simplexes are kept.
+run; finished simplexes are kept. With --executor ray the simplexes grow at the same time as tasks on a Ray
+cluster (each worker gets a copy of its mode run; this process writes OUT/simplex_<i>).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 import torch
 
 from .. import metrics as M
-from ..config import require
+from ..config import option, require
 from ..engine.evaluate import predict_probs
-from ..rundir import RunDir, load_runs, load_tensors, read_result, run_method
+from ..engine.executor import EXECUTORS, make_executor
+from ..rundir import RunDir, load_runs, load_tensors, read_result
 from . import simplex
+from .ensemble import RunJob, run_jobs
 from .spro import SAMPLES_FILE, EsproConfig, complex_predictor, format_metrics, load_complex, spro_fields
 
 INPUTS = {"metavar": "RUNS", "nargs": -1}
@@ -31,6 +34,12 @@ class Config(EsproConfig):
 
     seed: int = 0
     device: str = "auto"
+    executor: str = option("local", choices=EXECUTORS)
+    ray_address: str | None = None
+
+    def check(self) -> None:
+        super().check()
+        require(self.executor in EXECUTORS, f"--executor must be one of {', '.join(EXECUTORS)} (got '{self.executor}')")
 
 
 def check_inputs(config: Config, inputs) -> None:
@@ -43,12 +52,14 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict
     config.check()
     check_inputs(config, inputs)
     runs = load_runs(inputs, device=config.device)
+    jobs = [RunJob(simplex.__name__, simplex.Config(**spro_fields(config, EsproConfig), seed=config.seed + i,
+                                                    device=config.device, sample_train=False),
+                   [rd], run_dir.sub(SUBRUN.format(i)), {"run": run}) for i, (rd, run) in enumerate(zip(inputs, runs))]
+    executor = make_executor(config.executor, config.ray_address, device=config.device)
+    results = dict(run_jobs(jobs, executor, resume=run_dir.resuming, quiet=quiet))
     per, probs, mode_probs, y = [], [], [], None
     for i, (rd, run) in enumerate(zip(inputs, runs)):
-        sub = run_dir.sub(SUBRUN.format(i))
-        cfg = simplex.Config(**spro_fields(config, EsproConfig), seed=config.seed + i, device=config.device,
-                             sample_train=False)
-        res = run_method(simplex, cfg, [rd], sub, resume=run_dir.resuming, quiet=quiet, run=run)
+        sub, res = jobs[i].out, results[i]
         saved, _ = load_tensors(sub / SAMPLES_FILE)
         probs.append(saved["test_probs"])
         y = saved["test_labels"]

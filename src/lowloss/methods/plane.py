@@ -9,10 +9,18 @@ covers the projected points' bounding box plus --margin per side. It is computed
 atomically as they finish (chunks/), so an interrupted plane continues where it stopped when the same
 command is run again with --resume.
 
-Writes plane.npz (axes x, y; one [G, G] array per metric indexed [iy, ix]; projected points, curve and
-simplex; origin and basis norms), plane_basis.safetensors (origin, u, v), run.json (sources, the three
-points' metrics and coordinates, ranges, timing, points per second, the engine's plan) and
-plane_<metric>.png.
+With --adaptive only part of the lattice is evaluated: a coarse sub-lattice (spacing a power of two), then,
+level by level, the centre and edge midpoints of every cell still open; a cell whose corners' bilinear
+interpolation misses them by more than --tol in log10 loss (error rates: --error-tol + a relative part)
+for any metric is split and refined further, down to the G x G lattice. Every other point is interpolated
+(Coons patches, continuous across cells). The lattice points under the anchors, the curve and the
+simplex's edges are always evaluated, and so is the minimum of each metric with its eight neighbours.
+
+Writes plane.npz (axes x, y; one [G, G] array per metric indexed [iy, ix]; the boolean mask 'evaluated';
+projected points, curve and simplex; origin and basis norms), plane_basis.safetensors (origin, u, v),
+run.json (sources, the three points' metrics and coordinates, ranges, timing, points per second, the
+engine's plan; with --adaptive the evaluated fraction and points per round) and plane_<metric>.png (with
+--adaptive also plane_evaluated.png).
 """
 
 from __future__ import annotations
@@ -28,14 +36,17 @@ import torch
 
 from ..config import option, replace, require, split_list
 from ..engine.evaluate import evaluate_vectors
+from ..engine.executor import EXECUTORS, make_executor
 from ..rundir import RunDir, load_npz, load_tensors, read_result, run_method, save_npz
+from ..subspaces.adaptive import MIN_POINTS, polyline_indices, refine
 from ..subspaces.plane import ORIGINS, Plane, grid_axes
-from ..utils import LowlossError, echo, seed_everything
+from ..utils import LowlossError, echo, progress, seed_everything
 from .plane_grid import CHUNK_DIR, STATE_FILE, GridStore, PlaneTask
 from .plane_inputs import (
     PlaneInputs,
     curve_coefficients,
     inputs_from_curve,
+    inputs_from_random,
     inputs_from_runs,
     inputs_from_simplex,
     simplex_edges,
@@ -79,6 +90,13 @@ class Config:
     origin: str = option("a", "Plane origin: the first point (Garipov et al.) or the centroid of the three "
                               "(Benton et al.).", choices=ORIGINS)
     curve_points: int = option(61, "Points of the projected curve (equally spaced in t).")
+    random: bool = option(False, "Li et al.'s random plane through one RUN: w + x d1 + y d2 with two seeded (--seed) "
+                                 "random directions on [-span, span] per axis (see docs/width.md).")
+    filter_norm: bool = option(False, "With --random: filter-normalised directions (each filter / neuron scaled to "
+                                      "the weights' filter norm; biases and BN parameters: zero); without it each "
+                                      "direction is scaled to |w|.")
+    dim: int = option(2, "With --random: 2 (a G x G plane) or 1 (a 1-D slice along d1: a G x 1 grid).")
+    span: float = option(1.0, "With --random: the grid's half-width, in units of the directions.")
     memory_budget: float | None = option(None, "MiB of activations the evaluation engine may hold at once "
                                                "(default: 1024 on CPU, half the free GPU memory).")
     chunk_points: int | None = option(None, "Grid points per saved chunk (default: adapted to about 20 s of "
@@ -88,12 +106,30 @@ class Config:
     batch_size: int | None = option(None, "BN statistics batch (None: the whole training set when it fits; see "
                                           "evaluate_vectors).", cli=False)
     chunk_seconds: float = option(20.0, "Seconds of work per saved chunk when chunk_points is None.", cli=False)
+    executor: str = option("local", choices=EXECUTORS)
+    ray_address: str | None = None
+    adaptive: bool = option(False, "Evaluate a coarse sub-lattice, refine only the cells where the surface is not "
+                                   "yet known to --tol, interpolate every other grid point (plane.npz's "
+                                   "'evaluated' marks the evaluated ones).")
+    tol: float = option(0.01, "Adaptive tolerance: a cell is refined when the bilinear interpolation of its "
+                              "corners misses its centre or an edge midpoint by more than this in log10 loss (or, "
+                              "for error rates, by more than --error-tol + tol * ln(10) * error).")
+    error_tol: float = option(0.01, "Adaptive absolute slack for error rates (they move in steps of one "
+                                    "example), added to the relative part of --tol.")
+    coarse_cells: int = option(16, "Adaptive: the coarse lattice's spacing is the largest power of two that leaves "
+                                   "at least this many cells per axis.", cli=False)
 
     def check(self) -> None:
         self.metrics = split_list(self.metrics)
         self.face = _face(self.face)
         _splits_for(self.metrics)
         require(self.grid >= 2, f"--grid {self.grid} is too small: at least 2 points per axis")
+        require(self.tol > 0, f"--tol must be > 0 (got {self.tol}); for example --tol 0.01")
+        require(self.error_tol >= 0, f"--error-tol must be >= 0 (got {self.error_tol})")
+        require(self.coarse_cells >= 1, f"coarse_cells must be >= 1 (got {self.coarse_cells})")
+        require(not self.adaptive or self.grid >= MIN_POINTS,
+                f"--adaptive needs --grid >= {MIN_POINTS} to refine (got {self.grid}): use a larger --grid or drop "
+                "--adaptive")
         require(self.margin >= 0, f"--margin {self.margin} must be >= 0")
         require(self.min_aspect >= 0, f"--min-aspect {self.min_aspect} must be >= 0")
         require(self.origin in ORIGINS, f"--origin must be one of {', '.join(ORIGINS)} (got '{self.origin}')")
@@ -107,11 +143,21 @@ class Config:
         require(self.face is None or self.simplex is not None, "--face only applies with --simplex DIR")
         require(self.face is None or (len(self.face) == 3 and len(set(self.face)) == 3 and min(self.face) >= 0),
                 f"--face needs three different vertex indices >= 0, got {self.face}")
+        require(self.dim in (1, 2), f"--dim must be 1 or 2 (got {self.dim})")
+        require(self.span > 0, f"--span must be positive (got {self.span})")
+        require(self.random or not self.filter_norm, "--filter-norm only applies with --random")
+        require(self.random or self.dim == 2, "--dim 1 only applies with --random")
+        require(self.dim == 2 or not self.adaptive, "--adaptive refines 2-D grids: drop it with --dim 1")
+        require(not self.random or (self.curve is None and self.simplex is None),
+                "--random takes one run directory, not --curve / --simplex")
 
 
 def check_inputs(config: Config, inputs) -> None:
-    """Exactly one of: three run directories, --curve DIR, --simplex DIR --face I J K."""
+    """Exactly one of: three run directories, one run with --random, --curve DIR, --simplex DIR --face I J K."""
     runs = list(inputs or ())
+    if config.random:
+        require(len(runs) == 1, f"--random needs exactly one run directory (got {len(runs)})")
+        return
     chosen = sum([bool(runs), config.curve is not None, config.simplex is not None])
     require(chosen == 1, "give exactly one of: three run directories, --curve DIR, or --simplex DIR --face I J K")
     require(not runs or len(runs) == 3,
@@ -121,6 +167,8 @@ def check_inputs(config: Config, inputs) -> None:
 def plane_inputs(config: Config, inputs) -> PlaneInputs:
     """The anchors the config and the input runs name (three runs, --curve or --simplex/--face)."""
     check_inputs(config, inputs)
+    if config.random:
+        return inputs_from_random(list(inputs)[0], config)
     if inputs:
         return inputs_from_runs(list(inputs), device=config.device)
     if config.curve is not None:
@@ -191,29 +239,47 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
     if before is not None and before != fp:
         raise LowlossError(f"{run_dir.path} holds an interrupted plane through other points or with other "
                            "settings: rerun with the original inputs, or pass --fresh to restart")
+    require(not cfg.adaptive or min(len(xs), len(ys)) >= MIN_POINTS,
+            f"--adaptive needs at least {MIN_POINTS} grid points per axis (got {len(xs)}x{len(ys)}): use a larger "
+            "grid or drop --adaptive")
     run_dir.write_json(state, fp)
 
     store = GridStore(chunk_dir, total, cfg.metrics, quiet=quiet, desc=f"plane {len(xs)}x{len(ys)}")
+    store.executor = make_executor(cfg.executor, cfg.ray_address, device=a.device)
     resumed = store.resumed
     if resumed:
         echo(f"resuming {run_dir.path}: {resumed}/{total} grid points already computed", quiet)
     task = PlaneTask(model, data, plane, xs, ys, tuple(cfg.metrics), splits, cfg.bn_subset, cfg.batch_size,
                      memory_budget)
     t_start = time.perf_counter()
-    finished = store.compute(None, task, chunk_points=cfg.chunk_points, chunk_seconds=cfg.chunk_seconds,
-                             stop_after_chunks=stop_after_chunks)
+    adaptive = None
+    if cfg.adaptive:
+        exact = _exact_points(xs, ys, anchor_xy, curve_xy, simplex_xy, anchors.simplex)
+        adaptive = _adaptive_grid(cfg, store, task, (len(ys), len(xs)), exact, stop_after_chunks, quiet)
+        finished = adaptive is not None
+    else:
+        finished = store.compute(None, task, chunk_points=cfg.chunk_points, chunk_seconds=cfg.chunk_seconds,
+                                 stop_after_chunks=stop_after_chunks)
     elapsed = time.perf_counter() - t_start
     if not finished:
         return {"finished": False, "computed": int(store.done.sum()), "total": total}
     engine, seconds_before = store.engine, store.seconds_before
 
-    computed_now = total - resumed
+    computed_now = int(store.done.sum()) - resumed
     anchor_metrics = evaluate_vectors(model, points, data, splits=splits, bn_subset=cfg.bn_subset,
                                       batch_size=cfg.batch_size, memory_budget=memory_budget)
-    arrays = store.arrays((len(ys), len(xs)))
-    basis_norms = np.array([float((b - a).double().norm()),
-                            float(((c - a).double() - ((c - a).double() @ plane.u.double()) * plane.u.double()).norm())])
-    npz = {"x": xs, "y": ys, **arrays, "point_coords": anchor_xy, "point_labels": np.array(anchors.labels),
+    if adaptive is None:
+        arrays, evaluated = store.arrays((len(ys), len(xs))), np.ones((len(ys), len(xs)), bool)
+    else:
+        arrays, evaluated = adaptive["values"], adaptive["evaluated"]
+    if anchors.plane is not None:  # a given basis (random directions): its own lengths
+        basis_norms = np.array([float(plane.u.double().norm()), float(plane.v.double().norm())])
+    else:
+        basis_norms = np.array([float((b - a).double().norm()),
+                                float(((c - a).double() - ((c - a).double() @ plane.u.double())
+                                       * plane.u.double()).norm())])
+    npz = {"x": xs, "y": ys, **arrays, "evaluated": evaluated,
+           "point_coords": anchor_xy, "point_labels": np.array(anchors.labels),
            "point_distance": plane.distance(points).cpu().numpy(),
            "origin_norm": np.array(float(plane.origin.double().norm())), "basis_norms": basis_norms}
     if curve_xy is not None:
@@ -235,16 +301,53 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
                    for i, lab in enumerate(anchors.labels)},
         "basis_norms": basis_norms.tolist(), "origin_norm": float(npz["origin_norm"]),
         "range": {m: [float(np.nanmin(v)), float(np.nanmax(v))] for m, v in arrays.items()},
-        "timing": {"seconds": total_seconds, "seconds_this_session": elapsed, "points": total,
+        "timing": {"seconds": total_seconds, "seconds_this_session": elapsed, "points": int(evaluated.sum()),
                    "points_this_session": computed_now, "resumed_points": resumed,
                    "points_per_second": computed_now / elapsed if elapsed > 0 and computed_now else None},
         "engine": engine, "bn_subset": cfg.bn_subset, "data": data.describe() if hasattr(data, "describe") else None,
-        "num_params": int(a.numel()), "finished": True,
+        "num_params": int(a.numel()), "grid_shape": [len(xs), len(ys)], "finished": True,
     }
+    if adaptive is not None:
+        info["adaptive"] = {"tol": cfg.tol, "error_tol": cfg.error_tol, "spacing": adaptive["spacing"],
+                            "evaluated": int(evaluated.sum()), "lattice": total,
+                            "fraction": float(evaluated.mean()), "exact_points": int(len(exact)),
+                            "points_per_round": adaptive["levels"], "cells_refined": adaptive["refined"],
+                            "minimum_rounds": adaptive["minimum_rounds"]}
     if curve_xy is not None:
         info["curve"] = {"kind": anchors.curve["kind"], "points": len(curve_xy),
                          "max_distance_from_plane": float(npz["curve_distance"].max())}
     return run_dir.finish(info, remove=(CHUNK_DIR,))
+
+
+def _exact_points(xs, ys, anchor_xy, curve_xy, simplex_xy, simplex) -> np.ndarray:
+    """Lattice points an adaptive plane evaluates whatever the refinement decides: the points nearest to
+    the three anchors, to the projected curve and to the simplex's edges (the lines drawn on the plane)."""
+    lines = [anchor_xy[i:i + 1] for i in range(len(anchor_xy))]
+    if curve_xy is not None:
+        lines.append(curve_xy)
+    if simplex_xy is not None:
+        lines += [simplex_xy[i:i + 1] for i in range(len(simplex_xy))]
+        lines += [simplex_xy[[i, j]] for i, j in simplex["edges"]]
+    return np.unique(np.concatenate([polyline_indices(xs, ys, line) for line in lines]))
+
+
+def _adaptive_grid(cfg: Config, store: GridStore, task: PlaneTask, shape, exact, stop_after_chunks, quiet):
+    """Refine the lattice level by level (one store.compute per round, so every round's points are saved
+    as chunks); None when stopped early by `stop_after_chunks`."""
+    scales = {m: "log" if m.endswith("_loss") else "linear" for m in cfg.metrics}
+    bar = progress(total=None, initial=int(store.done.sum()), desc=f"{store.desc} adaptive", quiet=quiet,
+                   unit="pt")
+
+    def evaluate(indices):
+        done = store.compute(indices, task, chunk_points=cfg.chunk_points, chunk_seconds=cfg.chunk_seconds,
+                             stop_after_chunks=stop_after_chunks, bar=bar)
+        return store.values if done else None
+
+    try:
+        return refine(shape, evaluate, scales, cfg.tol, error_tol=cfg.error_tol, cells=cfg.coarse_cells,
+                      required=exact)
+    finally:
+        bar.close()
 
 
 def summary(info: dict) -> str:
@@ -252,9 +355,15 @@ def summary(info: dict) -> str:
         return f"stopped after {info.get('computed')}/{info.get('total')} grid points"
     t = info["timing"]
     pps = t.get("points_per_second")
-    g = (info.get("config") or {}).get("grid") or int(round(t["points"] ** 0.5))
+    g = (info.get("config") or {}).get("grid")
+    nx, ny = info.get("grid_shape") or (g, g)
     metrics = (info.get("config") or {}).get("metrics") or METRICS
-    lines = [f"{g}x{g} plane in {t['seconds']:.1f}s" + (f" ({pps:.1f} points/s)" if pps else "")]
+    lines = [f"{nx}x{ny} {'slice' if ny == 1 else 'plane'} in {t['seconds']:.1f}s"
+             + (f" ({pps:.1f} points/s)" if pps else "")]
+    if info.get("adaptive"):
+        ad = info["adaptive"]
+        lines[0] += (f"; adaptive (--tol {ad['tol']:g}): {ad['evaluated']} of {ad['lattice']} points evaluated "
+                     f"({100 * ad['fraction']:.2f}%), the rest interpolated")
     for lab, p in info["points"].items():
         vals = " ".join(f"{m} {p[m]:.4f}" for m in metrics if m in p)
         lines.append(f"  {lab} at ({p['coords'][0]:.3f}, {p['coords'][1]:.3f}): {vals}")

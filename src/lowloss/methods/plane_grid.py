@@ -5,10 +5,21 @@ plane: it is self-contained (model, data, plane, axes, engine settings), so it c
 be shipped to a worker. A :class:`GridStore` keeps what is known of the lattice: it reads the chunks saved
 in ``chunks/`` (a damaged or foreign chunk is recomputed, never trusted), computes the indices asked for
 that are not known yet in chunks written atomically as they finish, and reports progress.
+
+The chunks run through an executor (:mod:`lowloss.engine.executor`): in this process, one after the other,
+or as tasks on a Ray cluster, where the task (model, data, plane) is put into the object store once and
+fixed-size chunks go to the workers. Either way only this process writes chunk files, so an interrupted
+plane resumes from them the same way. With a fixed `chunk_points` the chunks are the same
+slices of the lattice either way, so a plane through Ray equals the local plane bit for bit at the same torch
+thread count. Without it, chunk sizes follow the measured speed (a first chunk of 64 points, then about
+`chunk_seconds` of work each, at most an equal share per worker) in both cases; a chunk's weight vectors come
+from one matrix product whose last-bit rounding can depend on the number of rows, so values then agree to a
+few units in the last place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +29,7 @@ import torch
 from torch import nn
 
 from ..engine.evaluate import evaluate_vectors
+from ..engine.executor import Executor
 from ..rundir import load_npz, save_npz
 from ..subspaces.plane import Plane
 from ..utils import LowlossError, progress
@@ -25,6 +37,7 @@ from ..utils import LowlossError, progress
 CHUNK_DIR = "chunks"
 STATE_FILE = "state.json"
 MAX_CHUNK = 16384
+FIRST_CHUNK = 64  # points of the first chunk, whose speed sizes the others when chunk_points is None
 
 
 @dataclass
@@ -68,6 +81,8 @@ class GridStore:
         self.engine: dict = {}
         self.chunks_run = 0
         self.seconds = 0.0  # of this session's evaluations
+        self.executor: Executor | None = None  # where compute() runs chunks unless told otherwise (None: here)
+        self._shared: tuple = (None, None)  # (task, its handle in the executor): shipped once per task
         self._read()
         self.resumed = int(self.done.sum())
 
@@ -105,18 +120,22 @@ class GridStore:
         self.chunks_run += 1
         self.seconds += seconds
 
-    def compute(self, indices, task, *, chunk_points: int | None = None, chunk_seconds: float = 20.0,
-                stop_after_chunks: int | None = None, bar=None) -> bool:
-        """Evaluate the unknown points among `indices` with `task`, chunk by chunk; False when stopped
-        early by `stop_after_chunks` (chunks run in this session, counted across calls)."""
+    def compute(self, indices, task, *, executor: Executor | None = None, chunk_points: int | None = None,
+                chunk_seconds: float = 20.0, stop_after_chunks: int | None = None, bar=None) -> bool:
+        """Evaluate the unknown points among `indices` with `task`, chunk by chunk (through `executor`; default:
+        in this process); False when stopped early by `stop_after_chunks` (chunks run in this session,
+        counted across calls)."""
         todo = self.missing(indices)
+        executor = executor or self.executor
         own_bar = bar is None
         if own_bar:
             bar = progress(total=self.total, initial=int(self.done.sum()), desc=self.desc, quiet=self.quiet,
                            unit="pt")
-        size = chunk_points or 64
-        start = 0
         try:
+            if executor is not None and executor.name != "local":
+                return self._compute_on(executor, todo, task, chunk_points, chunk_seconds, stop_after_chunks, bar)
+            size = chunk_points or FIRST_CHUNK
+            start = 0
             while start < len(todo):
                 if stop_after_chunks is not None and self.chunks_run >= stop_after_chunks:
                     return False
@@ -127,12 +146,58 @@ class GridStore:
                 self.save(part, arrays, dt)
                 bar.update(len(part))
                 if chunk_points is None:  # aim for chunks of ~chunk_seconds: few files, little lost on a kill
-                    size = int(min(max(16, len(part) / max(dt, 1e-6) * chunk_seconds), MAX_CHUNK))
+                    size = _chunk_size(len(part), dt, chunk_seconds)
                 start += len(part)
         finally:
             if own_bar:
                 bar.close()
         return True
 
+    def _compute_on(self, executor: Executor, todo: np.ndarray, task, chunk_points, chunk_seconds,
+                    stop_after_chunks, bar) -> bool:
+        """`todo` through a remote executor: the task shipped once, fixed-size chunks to the workers, each
+        finished chunk saved here as it arrives. Without `chunk_points` a first chunk of FIRST_CHUNK points measures
+        a worker's rate, which sizes the rest (at most an equal share per worker, so all of them work)."""
+        if not len(todo):
+            return True
+        if self._shared[0] is not task:
+            self._shared = (task, executor.share(task))
+        shared = (self._shared[1],)
+        start = 0
+        size = chunk_points
+        while start < len(todo):
+            if stop_after_chunks is not None and self.chunks_run >= stop_after_chunks:
+                return False
+            if size is None:
+                parts = [todo[:FIRST_CHUNK]]
+            else:
+                rest = todo[start:]
+                parts = [rest[i:i + size] for i in range(0, len(rest), size)]
+            with contextlib.closing(executor.map(run_chunk, parts, shared=shared, label="plane chunk")) as done:
+                for k, (arrays, engine, dt) in done:
+                    self.engine = engine
+                    self.save(parts[k], arrays, dt)
+                    bar.update(len(parts[k]))
+                    start += len(parts[k])
+                    if stop_after_chunks is not None and self.chunks_run >= stop_after_chunks \
+                            and start < len(todo):
+                        return False
+            if size is None:
+                share = -(-(len(todo) - start) // executor.workers)
+                size = max(1, min(_chunk_size(len(parts[0]), dt, chunk_seconds), share))
+        return True
+
     def arrays(self, shape) -> dict:
         return {m: self.values[m].reshape(shape) for m in self.metrics}
+
+
+def run_chunk(task: PlaneTask, indices) -> tuple[dict, dict, float]:
+    """One chunk, as a worker runs it: (metrics, the engine's plan, seconds)."""
+    t0 = time.perf_counter()
+    arrays, engine = task(indices)
+    return arrays, engine, time.perf_counter() - t0
+
+
+def _chunk_size(points: int, seconds: float, chunk_seconds: float) -> int:
+    """Points per chunk for about `chunk_seconds` of work, from `points` done in `seconds`."""
+    return int(min(max(16, points / max(seconds, 1e-6) * chunk_seconds), MAX_CHUNK))

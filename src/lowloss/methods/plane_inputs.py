@@ -1,7 +1,21 @@
-"""The points a plane is drawn through: three runs, a curve's endpoints and bend, or a face of a simplex.
+"""The points a plane is drawn through: three runs, a curve's endpoints and bend, a face of a simplex, or one
+run and two random directions.
 
 Each source gives a :class:`PlaneInputs`: the model and its data, three labelled flat parameter vectors
-(the plane goes through them) and what to project on the plane (a curve, a simplex's edges).
+(the plane goes through them) and what to project on the plane (a curve, a simplex's edges). A random plane
+(Li et al. 2018) gives its own :class:`~lowloss.subspaces.plane.Plane` and grid axes instead.
+
+Random directions: an isotropic Gaussian draw of the whole parameter vector (seeded, float64 on the CPU, so
+the same seed gives the same directions on every device), then either
+
+* filter-normalised (:func:`filter_normalize`, Li et al.'s "filter" normalisation with "ignore biasbn"):
+  every slice along the first dimension of a weight tensor of two or more dimensions (an output filter of
+  a convolution, a neuron's row of a linear layer) is rescaled to the norm of the same slice of the weights,
+  and every one-dimensional parameter (biases, BatchNorm's scale and shift) gets a zero direction, so
+  moving along it leaves them at the run's values; planes of networks of different scale are comparable;
+* or scaled as a whole (:func:`scaled_directions`): to unit norm (``lowloss width``: distances are
+  Euclidean) or to the norm of the weights (``lowloss plane --random`` without ``--filter-norm``: a
+  coordinate of 1 is a step as long as the weights).
 """
 
 from __future__ import annotations
@@ -9,11 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..rundir import load_runs
-from ..subspaces.curves import bezier_coefficients, polychain_coefficients
+from ..params import ParamLayout
+from ..rundir import load_run, load_runs
+from ..subspaces.curves import curve_coefficients
+from ..subspaces.plane import Plane
 from ..utils import LowlossError
 
 
@@ -33,16 +50,6 @@ class PlaneInputs:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def curve_coefficients(kind: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    """[T] t -> [T, n] weights of the control points: Bezier (Bernstein; a line is the 2-point Bezier) or
-    polygonal chain (hat functions)."""
-    if kind in ("bezier", "line"):
-        return bezier_coefficients(t, n)
-    if kind == "polychain":
-        return polychain_coefficients(t, n)
-    raise LowlossError(f"unknown curve kind '{kind}' (bezier, polychain or line)")
-
-
 def simplex_edges(simplexes) -> list[tuple[int, int]]:
     """Every edge (i < j) of every simplex of a complex, once."""
     edges = set()
@@ -95,3 +102,75 @@ def inputs_from_simplex(simplex_dir, face, device=None) -> PlaneInputs:
                        {"simplex": str(simplex_dir), "face": face, "base_run": str(run.path)},
                        simplex={"vertices": verts, "labels": [f"v{i}" for i in range(len(verts))],
                                 "edges": simplex_edges(simplexes), "simplexes": simplexes})
+
+
+# ---------------------------------------------------------------------------------------------- random planes
+def gaussian_directions(count: int, size: int, seed: int) -> torch.Tensor:
+    """[count, size] independent standard normal directions, float64 on the CPU, from `seed` alone."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(count, size, generator=g, dtype=torch.float64)
+
+
+def filter_normalize(direction: torch.Tensor, weights: torch.Tensor, layout: ParamLayout) -> torch.Tensor:
+    """Li et al.'s filter normalisation of a flat `direction` ([P], or [K, P] for K directions) at the flat
+    `weights` [P]: for every parameter tensor of two or more dimensions, each slice along its first dimension
+    (a filter or a neuron) is rescaled to the norm of the same slice of the weights; one-dimensional tensors
+    (biases, BatchNorm parameters) get zeros. Computed in float64; returned in the direction's dtype."""
+    d = direction.detach().double()
+    lead = d.shape[:-1]
+    w = weights.detach().double().to(d.device)
+    out = torch.zeros_like(d)
+    offset = 0
+    for shape, n in zip(layout.shapes, layout.numels):
+        if len(shape) >= 2:
+            rows = shape[0]
+            dd = d[..., offset:offset + n].reshape(*lead, rows, -1)
+            ww = w[offset:offset + n].reshape(rows, -1)
+            scale = ww.norm(dim=-1) / dd.norm(dim=-1).clamp_min(1e-300)
+            out[..., offset:offset + n] = (dd * scale.unsqueeze(-1)).reshape(*lead, n)
+        offset += n
+    return out.to(direction.dtype)
+
+
+def scaled_directions(directions: torch.Tensor, norm: float = 1.0) -> torch.Tensor:
+    """Each row of `directions` ([K, P]) rescaled to the Euclidean norm `norm`."""
+    d = directions.double()
+    return (d * (norm / d.norm(dim=-1, keepdim=True))).to(directions.dtype)
+
+
+def symmetric_axis(span: float, points: int) -> np.ndarray:
+    """`points` values from -span to span, exactly antisymmetric (the middle one of an odd count is 0.0)."""
+    a = span * np.linspace(-1.0, 1.0, points)
+    return (a - a[::-1]) / 2
+
+
+def random_plane_directions(weights: torch.Tensor, layout: ParamLayout, seed: int,
+                            filter_norm: bool) -> torch.Tensor:
+    """[2, P] the directions d1, d2 of a random plane at `weights`: filter-normalised, or each scaled to the
+    norm of the weights (in the weights' dtype and device)."""
+    g = gaussian_directions(2, layout.size, seed)
+    w = weights.detach().double().cpu()
+    d = filter_normalize(g, w, layout) if filter_norm else scaled_directions(g, float(w.norm()))
+    return d.to(dtype=weights.dtype, device=weights.device)
+
+
+def inputs_from_random(run_dir, config) -> PlaneInputs:
+    """Li et al.'s random plane (or, with ``config.dim == 1``, line) through one run:
+    w(x, y) = w + x d1 + y d2 with the seeded directions of :func:`random_plane_directions` (``config.seed``,
+    ``config.filter_norm``) on the grid [-span, span]^2 of ``config.grid`` points per axis (dim 1: y = 0 only,
+    a G x 1 grid). d1, d2 are not orthonormal, so the run's weights, the only point drawn, are the plane's
+    origin: all three anchors are the weights and lie at (0, 0) exactly."""
+    run = load_run(run_dir, device=config.device)
+    w = run.vector
+    layout = ParamLayout.of(run.model)
+    d = random_plane_directions(w, layout, config.seed, config.filter_norm)
+    xs = symmetric_axis(config.span, config.grid)
+    ys = xs.copy() if config.dim == 2 else np.zeros(1)
+    name = Path(run_dir).name
+    norms = d.double().norm(dim=-1).tolist()
+    random = {"seed": config.seed, "filter_norm": bool(config.filter_norm), "dim": config.dim, "span": config.span,
+              "weight_norm": float(w.double().norm()), "direction_norms": norms[:config.dim],
+              "directions": ("filter-normalised (each filter / neuron to the weights' filter norm; biases and BN "
+                             "parameters: zero)") if config.filter_norm else "isotropic, each scaled to |w|"}
+    return PlaneInputs(run.model, run.data, [name] * 3, [w, w, w], {"runs": [str(run_dir)], "random": random},
+                       plane=Plane(w, d[0], d[1]), axes=(xs, ys))

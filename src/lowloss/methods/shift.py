@@ -13,6 +13,11 @@ corruptions per severity), OUT/corruptions.png (one test image under every corru
 OUT/gallery.safetensors). Each corrupted split is made once and shared by all methods; each method's
 member logits on it are kept in OUT/cache/<method>/<corruption>_<severity>.safetensors (single is member
 0 of ensemble, never recomputed), so an interrupted benchmark continues with --resume where it stopped.
+
+With --executor ray every corruption x severity not in the cache is a task on a Ray cluster (the methods'
+predictors and the data are shipped once through the object store; each task makes the corrupted split and
+returns every method's member logits, which this process caches and scores): the numbers are those of a local
+run at the same torch thread count.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ..corruptions import (
     shift_names,
     shift_split,
 )
+from ..engine.executor import EXECUTORS, Executor, make_executor
 from ..errors import LowlossError
 from ..rundir import RunDir, load_tensors, read_result, run_method, save_tensors
 from ..utils import echo, progress
@@ -74,6 +80,8 @@ class Config(HeldOut):
     samples: int = option(30, "MultiSWAG samples in all; ESPRO samples per simplex.")
     seed: int = 0
     device: str = "auto"
+    executor: str = option("local", choices=EXECUTORS)
+    ray_address: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -85,6 +93,7 @@ class Config(HeldOut):
                 parse_corruptions(self.corruptions)
         parse_severities(self.severities)
         require(self.samples >= 1, f"--samples must be >= 1 (got {self.samples})")
+        require(self.executor in EXECUTORS, f"--executor must be one of {', '.join(EXECUTORS)} (got '{self.executor}')")
         for flag, paths in (("--swag", self.swag), ("--espro", self.espro)):
             for p in paths:
                 require(Path(p).is_dir(), f"{flag} {p} is not a directory")
@@ -173,18 +182,30 @@ def _metrics(logits: torch.Tensor, y: torch.Tensor, t: float = 1.0) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
+def _shifted_logits(fixed: dict, data, eval_split, job: tuple) -> dict:
+    """What one task of the benchmark computes: the member logits of the methods `names` on one corrupted split."""
+    c, s, names, seed = job
+    split = shift_split(eval_split, data, c, s, seed=seed)
+    return {n: fixed[n].member_logits(split) for n in names}
+
+
 def run_shift(methods: dict[str, Predictor], data, corruptions, severities, cache: str | Path | None = None, *,
-              plan: CalibrationPlan, seed: int = 0, quiet: bool = False) -> dict:
+              plan: CalibrationPlan, seed: int = 0, quiet: bool = False, executor: Executor | None = None) -> dict:
     """The benchmark. `methods` maps names (METHOD_ORDER; "single" may be omitted: it is member 0 of
     "ensemble") to predictors on `data`; member logits are cached under `cache` (and read from there when
-    present). Returns the result (see the module docstring)."""
+    present). Through a remote `executor` the corrupted settings' logits are computed as one task per
+    corruption x severity. Returns the result (see the module docstring)."""
     cache = LogitCache(cache)
     gen = torch.Generator().manual_seed(seed)
     fixed = {}
     for name, pred in methods.items():
         fixed[name] = materialise(pred, gen, quiet=quiet) if pred.sampler is not None else pred
 
+    shipped: dict = {}  # (method, key) -> logits computed by a remote task (with no cache to hold them)
+
     def logits_for(name, key, split):
+        if (name, key) in shipped:
+            return shipped.pop((name, key))
         got = cache.get(name, key)
         if got is None:
             got = fixed[name].member_logits(split)
@@ -217,6 +238,18 @@ def run_shift(methods: dict[str, Predictor], data, corruptions, severities, cach
     result["temperature_scaled"] = {name: {} for name in all_names}
     per_member: dict = {}
     jobs = [(c, s) for c in corruptions for s in severities]
+    if executor is not None and executor.name != "local":
+        todo_jobs = [(c, s, [n for n in names if not cache.has(n, f"{c}_{s}")], seed) for c, s in jobs]
+        todo_jobs = [j for j in todo_jobs if j[2]]
+        shared = tuple(executor.share(x) for x in ({n: fixed[n] for n in names}, data, plan.eval))
+        with progress(total=len(todo_jobs), desc="shift (ray)", quiet=quiet, unit="setting") as bar:
+            for k, got in executor.map(_shifted_logits, todo_jobs, shared=shared, label="shift setting"):
+                c, s = todo_jobs[k][:2]
+                for n, (lg, y) in got.items():
+                    cache.put(n, f"{c}_{s}", lg, y)
+                    if cache.root is None:
+                        shipped[(n, f"{c}_{s}")] = (lg, y)
+                bar.update(1)
     for c, s in progress(jobs, desc="shift", quiet=quiet, unit="setting"):
         key = f"{c}_{s}"
         todo = [n for n in names if not cache.has(n, key)]
@@ -277,8 +310,9 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False) -> dict
         methods["espro"] = espro_method(config.espro, config.samples, device=device)
     same_data(methods)
     plan = calibration_plan(data, config)
+    executor = make_executor(config.executor, config.ray_address, device=device)
     result = run_shift(methods, data, names, severities, run_dir.file(CACHE_DIR), plan=plan, seed=config.seed,
-                       quiet=quiet)
+                       quiet=quiet, executor=executor)
     images = gallery(data, names, seed=config.seed)
     if images is not None:
         run_dir.save_tensors(GALLERY_FILE, images)

@@ -22,6 +22,10 @@ FIGURES: dict[str, str] = {
     "simplex": "lowloss.plots.simplex:draw_simplex",
     "complex": "lowloss.plots.simplex:draw_complex",
     "dimension": "lowloss.plots.simplex:draw_dimension",
+    "animate": "lowloss.plots.animate:draw_animate",
+    "width": "lowloss.plots.width:draw_width",
+    "align": "lowloss.plots.paths:draw_align",
+    "sightsee": "lowloss.plots.paths:draw_sightsee",
 }
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from ..rundir import load_npz
 from . import plt, save_figure
 
+PLANE_AXES = ("x (along b - a)", "y (orthogonal, towards c)")
+RANDOM_AXES = ("x (along random direction d1)", "y (along random direction d2)")
 TITLES = {"train_loss": "train loss", "train_error": "train error", "test_loss": "test loss (NLL)",
           "test_error": "test error"}
 
@@ -29,7 +31,7 @@ def log_levels(values: np.ndarray, n: int = 24, max_ratio: float = 1e4) -> np.nd
     return np.geomspace(lo, hi, n)
 
 
-def plot_plane(npz: dict, metric: str, path: str | Path, title: str | None = None) -> Path:
+def plot_plane(npz: dict, metric: str, path: str | Path, title: str | None = None, axis_labels=None) -> Path:
     """One metric of a computed plane (the arrays of plane.npz) as a PNG."""
     from matplotlib.colors import LogNorm
 
@@ -71,19 +73,54 @@ def plot_plane(npz: dict, metric: str, path: str | Path, title: str | None = Non
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(y[0], y[-1])
     ax.set_aspect("equal")
-    ax.set_xlabel("x (along b - a)")
-    ax.set_ylabel("y (orthogonal, towards c)")
+    ax.set_xlabel((axis_labels or PLANE_AXES)[0])
+    ax.set_ylabel((axis_labels or PLANE_AXES)[1])
     ax.set_title(title or f"{TITLES.get(metric, metric)} on the plane ({len(x)}x{len(y)} grid)")
     ax.tick_params(labelsize=8)
     return save_figure(fig, path)
 
 
-def plot_planes(directory: str | Path, metrics=None) -> list[Path]:
+def plot_evaluated(npz: dict, metric: str, path: str | Path, axis_labels=None) -> Path:
+    """Where an adaptive plane evaluated its points: `metric`'s contours in grey, the evaluated lattice points
+    in red (everything else was interpolated)."""
+    from matplotlib.colors import ListedColormap, LogNorm
+
+    x, y, z = np.asarray(npz["x"]), np.asarray(npz["y"]), np.asarray(npz[metric], dtype=np.float64)
+    ev = np.asarray(npz["evaluated"], bool)
+    levels = log_levels(z)
+    zc = np.clip(np.where(np.isfinite(z), z, levels[-1]), levels[0], levels[-1])
+    ratio = (y[-1] - y[0]) / (x[-1] - x[0]) if x[-1] > x[0] else 1.0
+    fig, ax = plt.subplots(figsize=(7.0, float(np.clip(5.6 * ratio, 3.0, 9.0)) + 0.8))
+    ax.contourf(x, y, zc, levels=levels, norm=LogNorm(levels[0], levels[-1]), cmap="Greys_r", alpha=0.8)
+    dx = (x[-1] - x[0]) / max(len(x) - 1, 1) / 2
+    dy = (y[-1] - y[0]) / max(len(y) - 1, 1) / 2
+    ax.imshow(np.where(ev, 1.0, np.nan), origin="lower", extent=(x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy),
+              cmap=ListedColormap(["#d62728"]), vmin=0, vmax=1, interpolation="nearest", aspect="auto", zorder=2)
+    pts = np.asarray(npz["point_coords"])
+    ax.scatter(pts[:, 0], pts[:, 1], s=50, c="w", marker="o", edgecolors="k", linewidths=1.0, zorder=5)
+    if "curve_coords" in npz:
+        cc = np.asarray(npz["curve_coords"])
+        ax.plot(cc[:, 0], cc[:, 1], color="tab:blue", lw=1.0, ls="--", zorder=3)
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(y[0], y[-1])
+    ax.set_aspect("equal")
+    ax.set_xlabel((axis_labels or PLANE_AXES)[0])
+    ax.set_ylabel((axis_labels or PLANE_AXES)[1])
+    ax.set_title(f"evaluated points (red): {int(ev.sum())} of {ev.size} ({100 * ev.mean():.2f}%); "
+                 f"{TITLES.get(metric, metric)} in grey", fontsize=10)
+    ax.tick_params(labelsize=8)
+    return save_figure(fig, path, dpi=max(130, int(min(len(x), 1200) / 5)))
+
+
+def plot_planes(directory: str | Path, metrics=None, axis_labels=None) -> list[Path]:
     """DIR/plane_<metric>.png for every metric in DIR/plane.npz (or the given ones)."""
     directory = Path(directory)
     npz = load_npz(directory / "plane.npz")
     metrics = metrics or [m for m in TITLES if m in npz]
-    return [plot_plane(npz, m, directory / f"plane_{m}.png") for m in metrics]
+    paths = [plot_plane(npz, m, directory / f"plane_{m}.png", axis_labels=axis_labels) for m in metrics]
+    if "evaluated" in npz and not np.asarray(npz["evaluated"]).all():  # an adaptive plane: where it looked
+        paths.append(plot_evaluated(npz, metrics[0], directory / "plane_evaluated.png", axis_labels=axis_labels))
+    return paths
 
 
 def draw_plane(result: dict, out: str | Path) -> list[Path]:
@@ -91,7 +128,13 @@ def draw_plane(result: dict, out: str | Path) -> list[Path]:
     the arrays in OUT/plane.npz); nothing for a plane stopped before its grid was complete."""
     if not result.get("finished"):
         return []
-    return plot_planes(out, list((result.get("config") or {}).get("metrics") or []) or None)
+    random = (result.get("sources") or {}).get("random")
+    if random and random.get("dim") == 1:  # a G x 1 slice along one random direction: a line figure
+        from .width import draw_slice
+
+        return draw_slice(result, out)
+    labels = RANDOM_AXES if random else PLANE_AXES
+    return plot_planes(out, list((result.get("config") or {}).get("metrics") or []) or None, axis_labels=labels)
 
 
-__all__ = ["draw_plane", "log_levels", "plot_plane", "plot_planes"]
+__all__ = ["draw_plane", "log_levels", "plot_evaluated", "plot_plane", "plot_planes"]

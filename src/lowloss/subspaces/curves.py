@@ -134,6 +134,16 @@ class PolyChain(Curve):
 _CLASSES = {"line": Line, "bezier": Bezier, "polychain": PolyChain}
 
 
+def curve_coefficients(kind: str, t: torch.Tensor, n: int) -> torch.Tensor:
+    """[T] t -> [T, n] weights of a curve's n control points: Bezier (Bernstein; a line is the 2-point Bezier)
+    or polygonal chain (hat functions)."""
+    if kind in ("bezier", "line"):
+        return bezier_coefficients(t, n)
+    if kind == "polychain":
+        return polychain_coefficients(t, n)
+    raise LowlossError(f"unknown curve kind '{kind}' (bezier, polychain or line)")
+
+
 def curve_class(kind: str) -> type[Curve]:
     if kind not in _CLASSES:
         raise LowlossError(f"unknown curve '{kind}'; valid: {', '.join(CURVES)}")

@@ -1,0 +1,238 @@
+"""Adaptive planes: the refinement on analytic surfaces (points saved, tolerance met, features found, exact
+points, any lattice size), and the plane command with --adaptive (resume, the tiny-tolerance limit, errors)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lowloss.config import replace
+from lowloss.data import Dataset, TensorSplit
+from lowloss.methods import plane as PL
+from lowloss.subspaces.adaptive import (
+    axis_nodes,
+    coarse_spacing,
+    lattice_neighbours,
+    nearest_indices,
+    polyline_indices,
+    refine,
+)
+from lowloss.utils import LowlossError
+
+
+def surface(f, shape):
+    """Truth arrays of f(x, y) on [0, 1]^2 and an `evaluate` that reveals them, counting calls."""
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    x, y = x / (nx - 1), y / (ny - 1)
+    loss = f(x, y)
+    truth = {"loss": loss.ravel(), "error": np.clip(loss / (2 * loss.max()), 0, 1).ravel()}
+    known = {m: np.full(nx * ny, np.nan) for m in truth}
+    calls = []
+
+    def evaluate(idx):
+        calls.append(len(idx))
+        for m in truth:
+            known[m][idx] = truth[m][idx]
+        return known
+
+    return truth, evaluate, calls
+
+
+SCALES = {"loss": "log", "error": "linear"}
+
+
+def bowl(x, y):
+    return 0.05 + (x - 0.31) ** 2 + 2 * (y - 0.58) ** 2
+
+
+def spike(x, y):
+    return bowl(x, y) + 3 * np.exp(-((x - 0.77) ** 2 + (y - 0.21) ** 2) / 2e-4)
+
+
+def log_miss(out, truth, shape):
+    return np.abs(np.log10(out["values"]["loss"]) - np.log10(truth["loss"].reshape(shape)))
+
+
+def test_smooth_surface_needs_few_points_and_meets_tolerance():
+    shape = (257, 257)
+    truth, evaluate, calls = surface(bowl, shape)
+    out = refine(shape, evaluate, SCALES, 0.01)
+    assert out["spacing"] == 16 and axis_nodes(257, 16)[-1] == 256
+    ev = out["evaluated"]
+    assert ev.mean() < 0.05  # far fewer points than the lattice
+    assert log_miss(out, truth, shape).max() < 0.01
+    err = np.abs(out["values"]["error"] - truth["error"].reshape(shape))
+    assert (err <= 0.01 + 0.01 * np.log(10) * truth["error"].reshape(shape)).all()
+    # evaluated points carry their exact values; one evaluate call per round, each point asked once
+    for m in truth:
+        np.testing.assert_array_equal(out["values"][m][ev], truth[m].reshape(shape)[ev])
+    assert sum(calls) >= ev.sum() and sum(out["levels"]) == ev.sum() and len(calls) == len(out["levels"])
+
+
+def test_sharp_feature_is_refined_where_it_is():
+    shape = (257, 257)
+    truth, evaluate, _ = surface(spike, shape)
+    out = refine(shape, evaluate, SCALES, 0.01)
+    ev = out["evaluated"]
+    iy, ix = round(0.21 * 256), round(0.77 * 256)
+    near = ev[iy - 8:iy + 9, ix - 8:ix + 9].mean()
+    far = ev[150:, :100].mean()
+    assert near > 0.5 and far < 0.1 and near > 5 * far
+    assert len(out["refined"]) >= 4 and out["refined"][-1] > 0  # refined down to the finest level
+    assert log_miss(out, truth, shape).max() < 0.05
+    smooth, evaluate_smooth, _ = surface(bowl, shape)
+    assert ev.sum() > refine(shape, evaluate_smooth, SCALES, 0.01)["evaluated"].sum()
+
+
+def test_required_points_and_minimum_are_evaluated():
+    shape = (129, 129)
+    xs = ys = np.linspace(-1.0, 2.0, 129)
+    line = np.array([[-0.5, -0.7], [0.4, 1.3], [1.9, 0.2]])
+    req = polyline_indices(xs, ys, line)
+    # the lattice points nearest to every point of the drawn line
+    t = np.linspace(0, 1, 997)[:, None]
+    dense = np.concatenate([line[0] + t * (line[1] - line[0]), line[1] + t * (line[2] - line[1])])
+    assert set(nearest_indices(xs, ys, dense)) <= set(req)
+    assert len(nearest_indices(xs, ys, [[5.0, 0.0], [0.0, -3.0]])) == 0  # points outside the lattice: none
+    truth, evaluate, _ = surface(bowl, shape)
+    out = refine(shape, evaluate, SCALES, 0.05, required=req)
+    ev = out["evaluated"].ravel()
+    assert ev[req].all()
+    for m in SCALES:
+        a = out["values"][m].ravel()
+        best = np.flatnonzero(a == a.min())
+        i = best[ev[best]][0]
+        assert ev[lattice_neighbours(i, shape)].all()
+    # the true lattice minimum of the bowl is found and evaluated exactly
+    assert out["values"]["loss"].min() == truth["loss"].min()
+
+
+@pytest.mark.parametrize("shape", [(150, 150), (97, 150), (5, 5), (6, 41)])
+def test_any_lattice_size(shape):
+    truth, evaluate, _ = surface(spike, shape)
+    out = refine(shape, evaluate, SCALES, 0.01)
+    ev = out["evaluated"]
+    assert ev.shape == shape and ev[0, 0] and ev[-1, -1] and ev[0, -1] and ev[-1, 0]
+    assert np.isfinite(out["values"]["loss"]).all() and np.isfinite(out["values"]["error"]).all()
+    assert log_miss(out, truth, shape).max() < 0.05
+    h = coarse_spacing(shape)
+    assert h & (h - 1) == 0 and h >= 2
+    assert np.all(ev[np.ix_(axis_nodes(shape[0], h), axis_nodes(shape[1], h))])
+
+
+def test_refinement_errors_and_determinism():
+    truth, evaluate, _ = surface(bowl, (33, 33))
+    with pytest.raises(LowlossError, match="tolerance must be > 0"):
+        refine((33, 33), evaluate, SCALES, 0.0)
+    with pytest.raises(LowlossError, match="at least 5 points"):
+        refine((4, 33), evaluate, SCALES, 0.01)
+    with pytest.raises(LowlossError, match="scales"):
+        refine((33, 33), evaluate, {"loss": "cubic"}, 0.01)
+    # a stop returns None; a second pass over the values known so far asks the same rounds
+    _, ev2, calls2 = surface(spike, (65, 65))
+    stops = iter([True, True, False])
+    assert refine((65, 65), lambda i: ev2(i) if next(stops) else None, SCALES, 0.01, cells=4) is None
+    a = refine((65, 65), ev2, SCALES, 0.01, cells=4)
+    _, ev3, _ = surface(spike, (65, 65))
+    b = refine((65, 65), ev3, SCALES, 0.01, cells=4)
+    assert a["levels"][2:] == b["levels"][2:] and np.array_equal(a["evaluated"], b["evaluated"])
+    np.testing.assert_array_equal(a["values"]["loss"], b["values"]["loss"])
+
+
+# ---------------------------------------------------------------------------------------------- the command
+@pytest.fixture
+def one_thread():
+    """Hundreds of tiny evaluations: one thread avoids OpenMP's hand-offs on a busy machine (tens of times
+    faster there); the numbers do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_inputs():
+    from lowloss.data import load_dataset
+    from lowloss.params import flatten
+
+    d = load_dataset("digits")
+    data = Dataset("digits-small", TensorSplit(d.train.x[:100].double(), d.train.y[:100]),
+                   TensorSplit(d.test.x[:40].double(), d.test.y[:40]), d.input_shape, 10)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 10)).double()
+    w = flatten(model)
+    g = torch.Generator().manual_seed(1)
+    pts = [w, w + 0.6 * torch.randn(w.numel(), generator=g, dtype=w.dtype),
+           w + 0.6 * torch.randn(w.numel(), generator=g, dtype=w.dtype)]
+    return PL.PlaneInputs(model, data, ["A", "B", "C"], pts, {"test": True})
+
+
+def test_adaptive_plane_resumes_and_tiny_tol_is_the_full_plane(tmp_path, one_thread):
+    inputs = _tiny_inputs()
+    cfg = PL.Config(grid=11, adaptive=True, tol=0.05, coarse_cells=2, chunk_points=4, batch_size=32)
+    ref = PL.compute_plane(inputs, cfg, tmp_path / "ref", quiet=True)
+    z = np.load(tmp_path / "ref" / "plane.npz")
+    ev = z["evaluated"]
+    assert ev.shape == (11, 11) and ev.dtype == bool and 0 < ev.mean() < 1
+    assert ref["adaptive"]["evaluated"] == ev.sum() == ref["timing"]["points"]
+    for m in PL.METRICS:
+        assert z[m].shape == (11, 11) and np.isfinite(z[m]).all()
+    # the lattice points nearest to the three anchors are evaluated
+    assert ev.ravel()[nearest_indices(z["x"], z["y"], z["point_coords"])].all()
+
+    part = PL.compute_plane(inputs, cfg, tmp_path / "resumed", quiet=True, stop_after_chunks=3)
+    assert part["finished"] is False and 0 < part["computed"] <= 12
+    again = PL.compute_plane(inputs, cfg, tmp_path / "resumed", quiet=True, stop_after_chunks=2)
+    assert again["finished"] is False and part["computed"] < again["computed"] < ev.sum()
+    done = PL.compute_plane(inputs, cfg, tmp_path / "resumed", quiet=True)
+    assert done["timing"]["resumed_points"] == again["computed"] and done["adaptive"] == ref["adaptive"]
+    zr = np.load(tmp_path / "resumed" / "plane.npz")
+    for k in (*PL.METRICS, "evaluated", "x", "y"):
+        np.testing.assert_array_equal(zr[k], z[k])
+
+    # one point per chunk: the engine's rounding then does not depend on which points share a chunk
+    one = replace(cfg, chunk_points=1)
+    full = PL.compute_plane(inputs, replace(one, adaptive=False), tmp_path / "full", quiet=True)
+    tiny = PL.compute_plane(inputs, replace(one, tol=1e-12, error_tol=0.0), tmp_path / "tiny", quiet=True)
+    zf, zt = np.load(tmp_path / "full" / "plane.npz"), np.load(tmp_path / "tiny" / "plane.npz")
+    assert zt["evaluated"].all() and zf["evaluated"].all() and tiny["adaptive"]["fraction"] == 1.0
+    for m in PL.METRICS:
+        np.testing.assert_array_equal(zt[m], zf[m])
+        # the adaptive plane's evaluated points are the full plane's values
+        np.testing.assert_allclose(z[m][ev], zf[m][ev], rtol=1e-12, atol=1e-14)
+    assert "adaptive" not in full
+
+
+def test_adaptive_plane_figures_and_cli_errors(tmp_path, capsys, one_thread):
+    from lowloss.cli import main
+
+    with pytest.raises(LowlossError, match="--tol must be > 0"):
+        PL.Config(tol=0).check()
+    with pytest.raises(LowlossError, match="--tol must be > 0"):
+        PL.Config(tol=-1.0, adaptive=True).check()
+    with pytest.raises(LowlossError, match="--adaptive needs --grid >= 5"):
+        PL.Config(grid=4, adaptive=True).check()
+    PL.Config(grid=4).check()  # a small full grid is fine
+    runs = [str(tmp_path / r) for r in "abc"]
+    for r in runs:
+        Path(r).mkdir()
+    for args, msg in ((["--grid", "3", "--adaptive"], "--adaptive needs --grid >= 5"),
+                      (["--tol", "0"], "--tol must be > 0")):
+        with pytest.raises(SystemExit):
+            main(["plane", *runs, "--out", str(tmp_path / "x"), *args])
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
+
+    from lowloss.plots.figures import draw
+
+    inputs = _tiny_inputs()
+    res = PL.compute_plane(inputs, PL.Config(grid=17, adaptive=True, tol=0.1, coarse_cells=2,
+                                                  metrics=("train_loss",)),
+                           tmp_path / "p", quiet=True)
+    assert res["adaptive"]["fraction"] < 1
+    draw("plane", res, tmp_path / "p")
+    assert {p.name for p in (tmp_path / "p").glob("*.png")} == {"plane_train_loss.png", "plane_evaluated.png"}
+    assert f"{res['adaptive']['evaluated']} of 289 points evaluated (" in PL.summary(res)
