@@ -35,6 +35,8 @@ import lowloss
 from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.methods import plane as PL
 from lowloss.rundir import load_runs
+from lowloss.study import matmul_gflops
+from lowloss.subspaces.adaptive import RATES
 from lowloss.subspaces.plane import Plane
 
 LOSSES = ("train_loss", "test_loss")
@@ -58,8 +60,10 @@ def plane_run(work: Path, runs, grid: int, **fields) -> tuple[dict, dict, bool]:
     reused = (d / "run.json").exists()
     info = json.loads((d / "run.json").read_text()) if reused else {}
     same = {"grid": grid, "adaptive": False, **fields}
-    if not reused or any(info["config"].get(k, False) != v for k, v in same.items()):
-        # (a plane finished by an older lowloss whose Config had fewer fields is reused as it is)
+    # (a plane finished by an older lowloss whose Config had fewer fields is reused as it is; an adaptive one
+    # only when refined by the same rule)
+    if (not reused or any(info["config"].get(k, False) != v for k, v in same.items())
+            or (fields.get("adaptive") and info.get("adaptive", {}).get("rates") != RATES)):
         reused = False
         info = lowloss.run("plane", inputs=runs, out=d, grid=grid, device="cpu", quiet=True, resume=True,
                            fresh=(d / "run.json").exists(), plots=grid <= 401 or fields.get("adaptive", False),
@@ -95,6 +99,13 @@ def sampled_truth(runs, pdir: Path, z: dict, n: int, seed: int = 0) -> tuple[dic
     return truth, mask
 
 
+def splits(a: dict) -> str:
+    """Which metric drove the refinement: cells split per level, and per metric (the one whose predicted
+    error was the largest)."""
+    by = ", ".join(f"{m} {n}" for m, n in (a.get("cells_split_by") or {}).items())
+    return f"{a['evaluated']} points in rounds {a['points_per_round']}; cells split per level {a['cells_refined']} ({by})"
+
+
 def full_allowed(model: str, grid: int, limits: dict) -> bool:
     return grid <= limits.get(model, 10**9)
 
@@ -122,7 +133,8 @@ def main():
     grids = [int(g) for g in args.grids.split(",") if g]
     t0 = time.perf_counter()
     print(f"threads {args.threads}; load average at start {os.getloadavg()[0]:.2f} (the machine may be shared); "
-          f"--tol {args.tol} --error-tol {args.error_tol}; work {work}")
+          f"float32 matmul {matmul_gflops():.0f} GFLOP/s; --tol {args.tol} --error-tol {args.error_tol}; "
+          f"smooth rates per halving {RATES}; work {work}")
     print(f"{'model':<8} {'G':>5} {'evaluated':>10} {'adaptive s':>11} {'full s':>9} {'speedup':>8} "
           f"{'max|dlog10 L|':>14} {'p99':>8} {'max|d err|':>10} {'p99':>8}  reference")
     runs = {}
@@ -132,6 +144,7 @@ def main():
             ad, za, reused_a = plane_run(work, runs[model], g, adaptive=True, tol=args.tol, error_tol=args.error_tol)
             frac = ad["adaptive"]["fraction"]
             ta = ad["timing"]["seconds"]
+            print(f"  {model} G={g} adaptive: {splits(ad['adaptive'])}", flush=True)
             row = f"{model:<8} {g:>5} {100 * frac:>9.2f}% {ta:>10.1f}{'*' if reused_a else ' '}"
             if not args.skip_full and full_allowed(model, g, limits):
                 full, zf, reused_f = plane_run(work, runs[model], g)
@@ -155,7 +168,7 @@ def main():
         print(f"{model} {args.big}x{args.big} adaptive plane: {ad['timing']['seconds']:.1f}s"
               f"{' (reused)' if reused else ''}, {a['evaluated']} of {a['lattice']} points evaluated "
               f"({100 * a['fraction']:.2f}%), {ad['timing']['points_per_second'] or 0:.1f} points/s; coarse spacing "
-              f"{a['spacing']}, points per round {a['points_per_round']}", flush=True)
+              f"{a['spacing']}, points per round {a['points_per_round']}; {splits(a)}", flush=True)
     print("* reused from an earlier run in --work (its recorded time)")
     print(f"load average at end {os.getloadavg()[0]:.2f}; bench wall time {time.perf_counter() - t0:.0f}s")
 

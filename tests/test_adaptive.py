@@ -1,5 +1,6 @@
-"""Adaptive planes: the refinement on analytic surfaces (points saved, tolerance met, features found, exact
-points, any lattice size), and the plane command with --adaptive (resume, the tiny-tolerance limit, errors)."""
+"""Adaptive planes: the refinement on analytic surfaces (the error model on a surface whose interpolation error
+is known in closed form, points saved, tolerance met, features found, exact points, any lattice size), and the
+plane command with --adaptive (resume, the tiny-tolerance limit, errors)."""
 
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from lowloss.config import replace
 from lowloss.data import Dataset, TensorSplit
 from lowloss.methods import plane as PL
 from lowloss.subspaces.adaptive import (
+    RATE,
     axis_nodes,
+    child_miss,
     coarse_spacing,
     lattice_neighbours,
     nearest_indices,
@@ -69,6 +72,68 @@ def test_smooth_surface_needs_few_points_and_meets_tolerance():
     for m in truth:
         np.testing.assert_array_equal(out["values"][m][ev], truth[m].reshape(shape)[ev])
     assert sum(calls) >= ev.sum() and sum(out["levels"]) == ev.sum() and len(calls) == len(out["levels"])
+
+
+def test_error_model_on_a_quadratic_in_log10():
+    """log10 loss = -1 + a x^2 + b y^2 on [0, 1]^2: bilinear interpolation of a cell of width w (in x and y)
+    errs by a w^2 u(1-u) + b w^2 v(1-v), at most (a + b) w^2 / 4 at its centre, which is then its miss; every
+    halving divides it by 4 exactly. With a + b = 30.72 on a 257-point lattice (coarse spacing 16, w = 1/16)
+    the coarse cells miss by 3 tolerances of 0.01: their halves (w = 1/32) err by 0.75 tolerance, so the rule
+    stops after one level, on the 33 x 33 sub-lattice of spacing 8, with a largest error of exactly 0.0075.
+    The plain rule (rate 1) splits every cell once more: 65 x 65 points, error 0.0075 / 4."""
+    shape, a, b = (257, 257), 20.48, 10.24
+    truth, evaluate, _ = surface(lambda x, y: 10.0 ** (-1 + a * x ** 2 + b * y ** 2), shape)
+    scales = {"loss": "log"}
+    out = refine(shape, evaluate, scales, 0.01, minimum=False)
+    assert out["spacing"] == 16 and out["refined"] == [0] and out["split_by"] == {"loss": 0}
+    assert out["rates"] == {"log": RATE, "linear": RATE}
+    sub = np.zeros(shape, bool)
+    sub[::8, ::8] = True
+    np.testing.assert_array_equal(out["evaluated"], sub)
+    err = log_miss(out, truth, shape)
+    assert err.max() == pytest.approx(0.0075, rel=1e-9)
+    # the largest error sits at the centres of the finished cells (width 8), as the model says
+    assert err[4, 4] == pytest.approx(0.0075, rel=1e-9) and err[8, 8] == 0
+
+    _, evaluate_plain, _ = surface(lambda x, y: 10.0 ** (-1 + a * x ** 2 + b * y ** 2), shape)
+    plain = refine(shape, evaluate_plain, scales, 0.01, minimum=False, rate=1.0)
+    assert plain["refined"] == [256, 0] and plain["split_by"] == {"loss": 256}
+    sub = np.zeros(shape, bool)
+    sub[::4, ::4] = True
+    np.testing.assert_array_equal(plain["evaluated"], sub)
+    assert log_miss(plain, truth, shape).max() == pytest.approx(0.0075 / 4, rel=1e-9)
+
+    # twice the curvature: the coarse cells miss by 6, their halves would err by 1.5 > 1: split once
+    _, evaluate_steep, _ = surface(lambda x, y: 10.0 ** (-1 + 2 * a * x ** 2 + 2 * b * y ** 2), shape)
+    steep = refine(shape, evaluate_steep, scales, 0.01, minimum=False)
+    assert steep["refined"] == [256, 0] and steep["evaluated"].sum() == 65 * 65
+
+
+def test_predicted_error_uses_the_measured_rate():
+    # no parent (inf) or a parent missing by 4x or more: the smooth rate 1/4
+    pred, r = child_miss([2.0, 2.0, 2.0], [np.inf, 8.0, 100.0])
+    np.testing.assert_allclose(pred, [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(r, [RATE] * 3)
+    # a miss shrinking more slowly than h^2 predicts with its own rate: m^2 / M, up to m when it does not shrink
+    np.testing.assert_allclose(child_miss([2.0, 2.0, 3.0], [4.0, 2.0, 1.0])[0], [1.0, 2.0, 3.0])
+    # a lineage that was seen converging slowly keeps its rate (per cell), whatever this level's ratio
+    np.testing.assert_allclose(child_miss([2.0, 2.0], [8.0, 8.0], rate=[0.5, 1.0])[0], [1.0, 2.0])
+    assert child_miss([np.inf], [np.inf])[0][0] == np.inf
+
+
+@pytest.mark.parametrize("slope", [0.4, 4.0])
+def test_crease_is_refined_to_tolerance(slope):
+    """log10 loss with a crease along a slanted line (its slope jumps by 2 * slope): interpolation across it
+    errs like h, not h^2, which the measured rates see; the evaluated points gather along the crease."""
+    shape = (257, 257)
+    f = lambda x, y: 10.0 ** (-1 + slope * np.abs(x - 0.3 - 0.2 * y) + 0.3 * y ** 2)  # noqa: E731
+    truth, evaluate, _ = surface(f, shape)
+    out = refine(shape, evaluate, {"loss": "log"}, 0.01, minimum=False)
+    assert log_miss(out, truth, shape).max() <= 0.01
+    y, x = np.mgrid[0:257, 0:257] / 256
+    near = np.abs(x - 0.3 - 0.2 * y) < 0.02
+    ev = out["evaluated"]
+    assert ev[near].mean() > (1 if slope < 1 else 10) * ev[~near].mean() and ev.mean() < 0.05
 
 
 def test_sharp_feature_is_refined_where_it_is():

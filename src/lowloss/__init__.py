@@ -33,6 +33,18 @@ def __getattr__(name):  # the heavier API, imported on first use
         from .methods.connect import load_curve
 
         return load_curve
+    if name in ("permutation_spec", "weight_matching", "apply_permutation"):
+        from . import permute
+
+        return getattr(permute, name)
+    if name == "align_vector":
+        from .methods.align import align_vector
+
+        return align_vector
+    if name == "make_executor":
+        from .engine.executor import make_executor
+
+        return make_executor
     if name in ("train", "TrainConfig"):
         from .methods import train
 
@@ -40,6 +52,6 @@ def __getattr__(name):  # the heavier API, imported on first use
     raise AttributeError(f"module 'lowloss' has no attribute '{name}'")
 
 
-__all__ = ["LowlossError", "RunDir", "TrainConfig", "__version__", "build_model", "connect", "flatten",
-           "functional_forward", "load_curve", "load_dataset", "load_run", "recompute_bn", "run", "train",
-           "unflatten"]
+__all__ = ["LowlossError", "RunDir", "TrainConfig", "__version__", "align_vector", "apply_permutation",
+           "build_model", "connect", "flatten", "functional_forward", "load_curve", "load_dataset", "load_run",
+           "make_executor", "permutation_spec", "recompute_bn", "run", "train", "unflatten", "weight_matching"]

@@ -736,9 +736,33 @@ def claim_width(study: Path, modes: list[Path]):
                   "shown in first_seed_width_difference")]
 
 
+S_SIGHTSEE = ("A plane next to a mode can be trained so that its loss draws a picture: on grid points never "
+             "trained on, log train loss correlates with the picture's lightness (r > 0.5, the picture recognisable).")
+
+
+@_safe(("sightsee", S_SIGHTSEE))
+def claim_sightsee(study: Path, modes: list[Path]):
+    d = study / "sightsee"
+    runs = [j for j in (load_result(r) for r in replicates(d)) if j is not None]
+    if not runs:
+        return [claim("sightsee", S_SIGHTSEE)]
+    corr = [j["agreement"]["held_out"] for j in runs]
+    min_corr = 0.5
+    return [claim("sightsee", S_SIGHTSEE,
+                  {"held_out_correlation": corr, "trained_correlation": [j["agreement"]["trained"] for j in runs],
+                   "origin_test_accuracy": [j["origin"]["test_accuracy"] for j in runs],
+                   "run_test_accuracy": [j["run_test_accuracy"] for j in runs],
+                   **spread([c - min_corr for c in corr],
+                            "held-out correlation of picture lightness and log train loss - min_correlation, per seed")},
+                  JUDGE, {"min_correlation": min_corr, "k": K_SE}, [d / "sightsee.png"],
+                  f"{len(runs)} digits MLP(s) of the align stage, the built-in 16x16 'LL'; the origin moves away from "
+                  "the mode to make room for the picture, so its test accuracy is below the mode's"
+                  + (_ONCE.replace("one pair of modes", "one seed") if len(runs) == 1 else ""))]
+
+
 CLAIMS = [claim_modes, claim_curves, claim_planes, claim_budget, claim_curve_swag, claim_espro, claim_complex,
           claim_dimension, claim_calibration, claim_shift, claim_vardrop, claim_regression, claim_regression_paths, claim_spirals,
-          claim_align, claim_paths, claim_width]
+          claim_align, claim_paths, claim_sightsee, claim_width]
 
 
 def collect_claims(study: Path, modes: list[Path]) -> list[dict]:

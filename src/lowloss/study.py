@@ -239,6 +239,17 @@ def _align(s, study):
     return jobs
 
 
+# sightseeing (Skorokhodov & Burtsev): a plane next to each of the align stage's digits MLPs trained to draw
+# the built-in "LL"; the MLPs are fast enough to train the plane's origin and directions for several epochs
+SIGHTSEE = {"full": dict(epochs=20, plane_grid=41), "quick": dict(epochs=4, plane_grid=21),
+            "tiny": dict(epochs=1, plane_grid=5, grid=6)}
+
+
+def _sightsee(s, study):
+    return [Job("sightsee", [m], {**SIGHTSEE[s.size], "seed": k, **_bn(s)}, sub, threads=1)
+            for (sub, k), m in zip(replicate_seeds(s), align_mlp_dirs(study, s))]
+
+
 def _path_epochs(s: Settings) -> int:
     return s.curve_epochs if s.size == "full" else max(1, s.curve_epochs // 4)
 
@@ -317,6 +328,7 @@ STAGES: list[Stage] = [
                             for sub, k in replicate_seeds(s)]),
     Stage("align", "Permutation alignment (weight matching): lines and curves", _align, ("modes",)),
     Stage("paths", "Curve training vs AutoNEB between the same two modes", _paths, ("align",)),
+    Stage("sightsee", "Loss-landscape sightseeing: a plane whose loss draws a picture", _sightsee, ("align",)),
     Stage("swa_modes", "SWA from each mode (for the width stage)", _swa_modes, ("modes",)),
     Stage("width", "Optimum width: SGD vs SWA along their line and random directions", _width, ("swa_modes",)),
 ]

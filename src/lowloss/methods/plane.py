@@ -10,10 +10,12 @@ atomically as they finish (chunks/), so an interrupted plane continues where it 
 command is run again with --resume.
 
 With --adaptive only part of the lattice is evaluated: a coarse sub-lattice (spacing a power of two), then,
-level by level, the centre and edge midpoints of every cell still open; a cell whose corners' bilinear
-interpolation misses them by more than --tol in log10 loss (error rates: --error-tol + a relative part)
-for any metric is split and refined further, down to the G x G lattice. Every other point is interpolated
-(Coons patches, continuous across cells). The lattice points under the anchors, the curve and the
+level by level, the centre and edge midpoints of every cell still open; a cell is split and refined
+further, down to the G x G lattice, while the error predicted for interpolating its halves exceeds --tol in
+log10 loss (error rates: --error-tol + a relative part) for some metric: the miss of its corners' bilinear
+interpolation at those midpoints times the rate at which that miss shrinks per halving (1/4 on a smooth
+surface, measured against the cell's parent where it shrinks more slowly). Every other point is
+interpolated (Coons patches, continuous across cells). The lattice points under the anchors, the curve and the
 simplex's edges are always evaluated, and so is the minimum of each metric with its eight neighbours.
 
 Writes plane.npz (axes x, y; one [G, G] array per metric indexed [iy, ix]; the boolean mask 'evaluated';
@@ -111,9 +113,10 @@ class Config:
     adaptive: bool = option(False, "Evaluate a coarse sub-lattice, refine only the cells where the surface is not "
                                    "yet known to --tol, interpolate every other grid point (plane.npz's "
                                    "'evaluated' marks the evaluated ones).")
-    tol: float = option(0.01, "Adaptive tolerance: a cell is refined when the bilinear interpolation of its "
-                              "corners misses its centre or an edge midpoint by more than this in log10 loss (or, "
-                              "for error rates, by more than --error-tol + tol * ln(10) * error).")
+    tol: float = option(0.01, "Adaptive tolerance on the interpolation error: a cell is refined while the error "
+                              "predicted for its halves (its corners' miss at its centre and edge midpoints times "
+                              "the miss's rate per halving, 1/4 on a smooth surface) exceeds this in log10 loss (or, "
+                              "for error rates, --error-tol + tol * ln(10) * error).")
     error_tol: float = option(0.01, "Adaptive absolute slack for error rates (they move in steps of one "
                                     "example), added to the relative part of --tol.")
     coarse_cells: int = option(16, "Adaptive: the coarse lattice's spacing is the largest power of two that leaves "
@@ -312,6 +315,7 @@ def fit(config: Config, inputs, run_dir: RunDir, *, quiet: bool = False, anchors
                             "evaluated": int(evaluated.sum()), "lattice": total,
                             "fraction": float(evaluated.mean()), "exact_points": int(len(exact)),
                             "points_per_round": adaptive["levels"], "cells_refined": adaptive["refined"],
+                            "cells_split_by": adaptive["split_by"], "rates": adaptive["rates"],
                             "minimum_rounds": adaptive["minimum_rounds"]}
     if curve_xy is not None:
         info["curve"] = {"kind": anchors.curve["kind"], "points": len(curve_xy),

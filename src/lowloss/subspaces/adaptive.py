@@ -8,10 +8,12 @@ rectangles of lattice points with evaluated corners:
    `cells` cells along the shorter axis); its last row and column are clamped to the lattice's edge, so
    any size works (the last cells are narrower).
 2. Each level evaluates the centre and edge midpoints of every open cell (for a cell one point wide along
-   an axis, only the midpoints that exist). A cell whose corners' bilinear interpolation misses any of
-   them by more than the tolerance, for any metric, splits into its (up to) four halves, which are open
-   at the next level; the halves of the other cells are finished. A cell one point wide along both axes
-   has nothing left inside it.
+   an axis, only the midpoints that exist) and measures the cell's miss m: the largest difference between
+   them and the bilinear interpolation of the cell's corners, per metric, in units of the tolerance. Once
+   they are evaluated the cell is known on its (up to) four halves, whose corners are all evaluated, so
+   what decides is the error predicted for interpolating the halves: m * r (the error model below). A cell
+   with m * r > 1 for some metric splits and its halves are open at the next level; the halves of the
+   other cells are finished. A cell one point wide along both axes has nothing left inside it.
 3. Every point that was not evaluated is interpolated inside its finished cell by a Coons patch: the
    cell's four edges interpolated linearly between all evaluated points on them (a finer neighbour's
    points included), blended across the cell. Neighbouring cells agree on their shared edges, so the
@@ -21,11 +23,33 @@ rectangles of lattice points with evaluated corners:
    evaluated, round after round, until the minimum is an evaluated point whose neighbours are all
    evaluated.
 
+Error model. On a smooth surface f the bilinear interpolation of a cell of width h errs by about
+h^2/8 * |second derivative| (exactly so for a quadratic, whose largest error is the miss at the centre),
+so halving a cell divides the error by r = 1/4: the halves of a cell whose miss is m err by about m / 4.
+Where the surface is not that smooth (a crease, the steps of an error rate, a feature narrower than the
+cell) the error shrinks more slowly, so the rate is measured as well: r = m / M, the cell's miss over its
+parent's miss M at twice the width (for a coarse cell, its parent is its block of 2 x 2 coarse cells,
+interpolated from the block's corners at the coarse nodes inside it), clipped to [r_parent, 1], where
+r_parent is the rate its parent used (for a coarse cell `rate`, the smooth 1/4): once a lineage of cells
+has been seen converging more slowly than h^2, its descendants are not credited with a faster rate. A
+cell is refined until the predicted error of its halves, m * r, is within the tolerance: m / 4 where the
+surface converges like h^2, up to m where its miss does not shrink. With ``rate=1`` this is the plain rule
+"split while the midpoints miss by more than the tolerance", which on a smooth surface refines one level
+more than needed (its errors come out about 4 times below the tolerance, for about 4 times the points
+where the finest level is reached).
+Limits: the checks see a cell only at its centre and edge midpoints. A crease (a kink in log loss) whose
+position between them happens to give a fast-looking rate at every level of its lineage is predicted
+too small, by up to about 4 times; so is a feature narrower than the coarse spacing that lies between
+the checked points. The tolerance is thus met on surfaces smooth at the scale of the finished cells;
+measure it on the surfaces that matter (bench/adaptive.py does, for planes).
+
 Tolerances, per metric scale: ``"log"`` (losses) compares log10 values, a miss counts when it exceeds
 `tol`; ``"linear"`` (error rates) compares values, a miss counts when it exceeds
 ``error_tol + tol * ln(10) * |value|`` (relative like a log10 miss of `tol` for large values, absolute
 `error_tol` near zero, where an error rate moves in steps of one example). Interpolation happens in the
-same space (log10 for ``"log"``).
+same space (log10 for ``"log"``). An error rate over N examples is a staircase of steps 1 / N: its
+interpolation errs by a few steps wherever many examples change sides, and more refinement does not
+remove that part (its measured rate is near 1), which `error_tol` absorbs.
 
 Every decision depends only on the evaluated values, so rerunning the refinement over the values saved by
 an interrupted run asks for the same points in the same order.
@@ -42,6 +66,8 @@ from ..utils import LowlossError
 SCALES = ("log", "linear")
 MIN_POINTS = 5  # per axis: a coarse lattice of spacing 2 and one level of refinement
 LOG_FLOOR = 1e-300
+RATE = 0.25  # bilinear interpolation's error ratio per halving of a smooth surface's cell: (1/2)^2
+RATES = {"log": RATE, "linear": RATE}
 
 
 def coarse_spacing(shape, cells: int = 16) -> int:
@@ -105,8 +131,8 @@ class _Cells:
     def splittable(self) -> np.ndarray:
         return (self.x1 - self.x0 > 1) | (self.y1 - self.y0 > 1)
 
-    def children(self) -> _Cells:
-        """The halves along every axis the cell is more than one point wide."""
+    def children(self) -> tuple[_Cells, np.ndarray]:
+        """The halves along every axis the cell is more than one point wide, and each half's cell index."""
         sx, sy = self.x1 - self.x0 > 1, self.y1 - self.y0 > 1
         xm, ym = self.xm, self.ym
         lx1 = np.where(sx, xm, self.x1)
@@ -115,7 +141,8 @@ class _Cells:
                  (xm, self.x1, self.y0, ly1, sx),
                  (self.x0, lx1, ym, self.y1, sy),
                  (xm, self.x1, ym, self.y1, sx & sy)]
-        return _Cells(*(np.concatenate([p[i][p[4]] for p in parts]) for i in range(4)))
+        kids = _Cells(*(np.concatenate([p[i][p[4]] for p in parts]) for i in range(4)))
+        return kids, np.concatenate([np.flatnonzero(p[4]) for p in parts]).astype(np.int64)
 
     @staticmethod
     def concat(cells) -> _Cells:
@@ -126,15 +153,18 @@ class _Cells:
 
 
 def _misses(cells: _Cells, nx: int, values: Mapping[str, np.ndarray], scales, tol: float,
-            error_tol: float) -> np.ndarray:
-    """[n] largest miss of each cell's bilinear interpolation at its centre and edge midpoints, in units of
-    the tolerance (> 1: refine; NaN counts as a miss)."""
-    x0, x1, y0, y1, xm, ym = cells.x0, cells.x1, cells.y0, cells.y1, cells.xm, cells.ym
+            error_tol: float, xm=None, ym=None) -> np.ndarray:
+    """[metrics, n]: each cell's largest miss of its corners' bilinear interpolation at its centre and edge
+    midpoints (or at the lattice lines `xm`, `ym` inside it), per metric of `scales`, in units of the
+    tolerance (NaN counts as an infinite miss)."""
+    x0, x1, y0, y1 = cells.x0, cells.x1, cells.y0, cells.y1
+    xm = cells.xm if xm is None else np.asarray(xm, np.int64)
+    ym = cells.ym if ym is None else np.asarray(ym, np.int64)
     tx = (xm - x0) / np.maximum(x1 - x0, 1)
     ty = (ym - y0) / np.maximum(y1 - y0, 1)
     checks = [(xm, y0, tx, 0.0), (xm, y1, tx, 1.0), (x0, ym, 0.0, ty), (x1, ym, 1.0, ty), (xm, ym, tx, ty)]
-    worst = np.zeros(len(cells))
-    for m, scale in scales.items():
+    worst = np.zeros((len(scales), len(cells)))
+    for k, (m, scale) in enumerate(scales.items()):
         flat = np.asarray(values[m], dtype=np.float64)
         t = _transform(flat, scale)
         f00, f10, f01, f11 = t[y0 * nx + x0], t[y0 * nx + x1], t[y1 * nx + x0], t[y1 * nx + x1]
@@ -147,8 +177,36 @@ def _misses(cells: _Cells, nx: int, values: Mapping[str, np.ndarray], scales, to
                     miss = miss / tol
                 else:
                     miss = miss / (error_tol + tol * np.log(10) * np.abs(flat[i]))
-            worst = np.where(np.isnan(miss) | (miss > worst), miss, worst)
-    return np.where(np.isnan(worst), np.inf, worst)
+            worst[k] = np.where(np.isnan(miss), np.inf, np.maximum(worst[k], miss))
+    return worst
+
+
+def _coarse_parents(gx, gy, nx: int, values, scales, tol: float, error_tol: float):
+    """The misses of the coarse cells' parents ([n] in the coarse cells' row-major order; inf where an axis
+    has a single coarse cell): the block of 2 x 2 coarse cells holding a cell (the last two along an axis
+    when the cell is the last of an odd count), interpolated from its corners at the coarse nodes inside
+    it, which are all evaluated."""
+    cx, cy = len(gx) - 1, len(gy) - 1
+    if cx < 2 or cy < 2:
+        return np.full((len(scales), cx * cy), np.inf)
+    jx = np.minimum(np.arange(cx) - np.arange(cx) % 2, cx - 2)
+    jy = np.minimum(np.arange(cy) - np.arange(cy) % 2, cy - 2)
+    JX, JY = (a.ravel() for a in np.meshgrid(jx, jy))
+    blocks = _Cells(gx[JX], gx[JX + 2], gy[JY], gy[JY + 2])
+    return _misses(blocks, nx, values, scales, tol, error_tol, xm=gx[JX + 1], ym=gy[JY + 1])
+
+
+def child_miss(miss, parent_miss, rate=RATE) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted largest interpolation error inside a cell's halves (in units of the tolerance; see the
+    module's docstring) and the rate used: ``miss * r`` with r = miss / parent_miss clipped to [rate, 1]
+    (`rate` where there is no parent: parent_miss inf). `rate` may be per cell: the parent's rate."""
+    miss = np.asarray(miss, np.float64)
+    parent_miss = np.broadcast_to(np.asarray(parent_miss, np.float64), miss.shape)
+    rate = np.broadcast_to(np.asarray(rate, np.float64), miss.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(miss / parent_miss, rate, 1.0)
+    r = np.where(np.isfinite(parent_miss) & (parent_miss > 0), r, rate)
+    return miss * r, r
 
 
 def _line_fill(t: np.ndarray, known: np.ndarray, axis: int) -> np.ndarray:
@@ -245,20 +303,28 @@ def polyline_indices(xs, ys, polyline) -> np.ndarray:
 
 def refine(shape, evaluate: Callable[[np.ndarray], Mapping[str, np.ndarray] | None], scales: Mapping[str, str],
            tol: float, *, error_tol: float = 0.01, cells: int = 16, required=None,
-           minimum: bool = True) -> dict | None:
+           minimum: bool = True, rate=None) -> dict | None:
     """Sample a surface on the (ny, nx) lattice adaptively (see the module's docstring).
 
     `evaluate(indices)` evaluates the flat indices asked for (it may skip the ones it knows already) and
     returns every metric's values as flat [ny * nx] arrays (known where evaluated), or None to stop (the
     refinement then returns None; call it again later with the values saved to continue). Returns
     ``{"values": {metric: [ny, nx]}, "evaluated": bool [ny, nx], "spacing": h, "levels": [points asked per
-    round], "refined": [cells refined per level], "minimum_rounds": n}``."""
+    round], "refined": [cells split per level], "split_by": {metric: cells split because of it (its
+    predicted error the largest)}, "minimum_rounds": n, "rates": the smooth rates per scale}``.
+    `rate`: the smooth surface's error ratio per halving, one number or one per scale (default RATES);
+    1 gives the plain rule that splits while the midpoints miss by more than the tolerance."""
     ny, nx = (int(s) for s in shape)
     scales = _check_scales(scales)
     if not tol > 0:
         raise LowlossError(f"the adaptive tolerance must be > 0 (got {tol})")
     if not error_tol >= 0:
         raise LowlossError(f"the error-rate tolerance must be >= 0 (got {error_tol})")
+    rate = {**RATES, **(rate if isinstance(rate, Mapping) else dict.fromkeys(SCALES, rate))} if rate is not None \
+        else RATES
+    if not all(0 < float(rate[s]) <= 1 for s in SCALES):
+        raise LowlossError(f"the interpolation error's rates per halving must be in (0, 1] (got {rate})")
+    rates = np.array([[float(rate[s])] for s in scales.values()])
     h = coarse_spacing((ny, nx), cells)
     asked = np.zeros(ny * nx, bool)
     levels: list[int] = []
@@ -281,11 +347,15 @@ def refine(shape, evaluate: Callable[[np.ndarray], Mapping[str, np.ndarray] | No
     X0, Y0 = np.meshgrid(gx[:-1], gy[:-1])
     X1, Y1 = np.meshgrid(gx[1:], gy[1:])
     open_ = _Cells(X0.ravel(), X1.ravel(), Y0.ravel(), Y1.ravel())
-    leaves, refined = [], []
+    # each open cell's parent's miss and the largest rate measured in its lineage (at least the smooth one)
+    parent = _coarse_parents(gx, gy, nx, values, scales, tol, error_tol)
+    prate = np.broadcast_to(rates, parent.shape)
+    names = list(scales)
+    leaves, refined, split_by = [], [], np.zeros(len(names), np.int64)
     while len(open_):
         split = open_.splittable()
         leaves.append(open_.take(~split))
-        open_ = open_.take(split)
+        open_, parent, prate = open_.take(split), parent[:, split], prate[:, split]
         if not len(open_):
             break
         xm, ym = open_.xm, open_.ym
@@ -294,10 +364,14 @@ def refine(shape, evaluate: Callable[[np.ndarray], Mapping[str, np.ndarray] | No
         values = ask(mids)
         if values is None:
             return None
-        bad = _misses(open_, nx, values, scales, tol, error_tol) > 1
+        miss = _misses(open_, nx, values, scales, tol, error_tol)
+        predicted, r = child_miss(miss, parent, prate)
+        bad = predicted.max(0) > 1
         refined.append(int(bad.sum()))
-        leaves.append(open_.take(~bad).children())
-        open_ = open_.take(bad).children()
+        split_by += np.bincount(predicted[:, bad].argmax(0), minlength=len(names))
+        leaves.append(open_.take(~bad).children()[0])
+        open_, up = open_.take(bad).children()
+        parent, prate = miss[:, bad][:, up], r[:, bad][:, up]
     leaves = _Cells.concat(leaves)
 
     rounds = 0
@@ -322,8 +396,9 @@ def refine(shape, evaluate: Callable[[np.ndarray], Mapping[str, np.ndarray] | No
         if values is None:
             return None
     return {"values": arrays, "evaluated": asked.reshape(ny, nx), "spacing": h, "levels": levels,
-            "refined": refined, "minimum_rounds": rounds}
+            "refined": refined, "split_by": dict(zip(names, split_by.tolist())), "minimum_rounds": rounds,
+            "rates": {k: float(rate[k]) for k in SCALES}}
 
 
-__all__ = ["MIN_POINTS", "SCALES", "axis_nodes", "coarse_spacing", "interpolate", "lattice_neighbours",
+__all__ = ["MIN_POINTS", "RATE", "RATES", "SCALES", "child_miss", "axis_nodes", "coarse_spacing", "interpolate", "lattice_neighbours",
            "nearest_indices", "polyline_indices", "refine"]
