@@ -20,11 +20,11 @@ The machine may be shared: compare ratios measured in one run.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +33,9 @@ from lowloss.data import Dataset, TensorSplit
 from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.models import build_model
 from lowloss.subspaces.plane import Plane
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded from a file path
+from common import plain_loop  # noqa: E402
 
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 FULL = {"train": 50_000, "test": 10_000, "width": {}}
@@ -69,32 +72,6 @@ def memory_mib(device) -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
-@torch.no_grad()
-def plain_loop(model, vector, data, batch_size: int = 128) -> list[float]:
-    """One point as reference implementations evaluate it."""
-    m = copy.deepcopy(model)
-    torch.nn.utils.vector_to_parameters(vector, [p for p in m.parameters() if p.requires_grad])
-    if P.has_batchnorm(m):
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.reset_running_stats()
-                mod.momentum = None
-        m.train()
-        for x, _ in data.train.batches(batch_size):
-            m(x)
-    m.eval()
-    out = []
-    for split in (data.train, data.test):
-        loss, wrong, n = 0.0, 0, 0
-        for x, y in split.batches(batch_size):
-            logits = m(x)
-            loss += torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum").item()
-            wrong += (logits.argmax(-1) != y).sum().item()
-            n += len(y)
-        out += [loss / n, wrong / n]
-    return out
 
 
 def timed(f, device, reps: int, warmup: bool = True) -> tuple[float, object]:

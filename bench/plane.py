@@ -19,8 +19,8 @@ The machine may be shared: the load average is printed before and after; compare
 from __future__ import annotations
 
 import argparse
-import copy
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ from lowloss.data import load_dataset
 from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.models import build_model
 from lowloss.utils import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded from a file path
+from common import plain_loop  # noqa: E402
 
 
 def best_time(f, reps: int = 3) -> float:
@@ -47,32 +50,6 @@ def best_time(f, reps: int = 3) -> float:
 def matmul_flops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n**3 / best_time(lambda: a @ b, 5)
-
-
-@torch.no_grad()
-def plain_loop(model, vector, data, batch_size: int = 128) -> list[float]:
-    """The obvious loop (as the reference implementations evaluate a point)."""
-    m = copy.deepcopy(model)
-    torch.nn.utils.vector_to_parameters(vector, [p for p in m.parameters() if p.requires_grad])
-    if P.has_batchnorm(m):
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.reset_running_stats()
-                mod.momentum = None
-        m.train()
-        for x, _ in data.train.batches(batch_size):
-            m(x)
-    m.eval()
-    out = []
-    for split in (data.train, data.test):
-        loss, wrong, n = 0.0, 0, 0
-        for x, y in split.batches(batch_size):
-            logits = m(x)
-            loss += torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum").item()
-            wrong += (logits.argmax(-1) != y).sum().item()
-            n += len(y)
-        out += [loss / n, wrong / n]
-    return out
 
 
 def flops_per_point(model, data, separate_bn_pass: bool) -> float:
