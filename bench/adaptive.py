@@ -9,7 +9,8 @@ or reused from --work), at each --grids size G:
   * with the full plane skipped and --sample N > 0: the same errors measured on N lattice points drawn at
     random among the INTERPOLATED ones (evaluated here; their max is a lower bound of the lattice's max, their
     99th percentile an upper estimate of the whole lattice's, whose evaluated points have error 0);
-then, with --big G (default 1001; 0 skips it), the G x G adaptive plane of the last model: time, fraction.
+then, with --big G (default 1001; 0 skips it), the G x G adaptive plane of the last model: time, fraction, and
+with --sample N > 0 its errors on N random interpolated points.
 
 Usage examples (2 CPU cores; every run directory is kept under --work, so a rerun reuses finished planes):
   python bench/adaptive.py --models mlp --grids 201,401                      # full references too
@@ -103,7 +104,7 @@ def splits(a: dict) -> str:
     """Which metric drove the refinement: cells split per level, and per metric (the one whose predicted
     error was the largest)."""
     by = ", ".join(f"{m} {n}" for m, n in (a.get("cells_split_by") or {}).items())
-    return f"{a['evaluated']} points in rounds {a['points_per_round']}; cells split per level {a['cells_refined']} ({by})"
+    return f"cells split per level {a['cells_refined']} ({by})"
 
 
 def full_allowed(model: str, grid: int, limits: dict) -> bool:
@@ -144,7 +145,8 @@ def main():
             ad, za, reused_a = plane_run(work, runs[model], g, adaptive=True, tol=args.tol, error_tol=args.error_tol)
             frac = ad["adaptive"]["fraction"]
             ta = ad["timing"]["seconds"]
-            print(f"  {model} G={g} adaptive: {splits(ad['adaptive'])}", flush=True)
+            print(f"  {model} G={g} adaptive: {ad['adaptive']['evaluated']} points in rounds "
+                  f"{ad['adaptive']['points_per_round']}; {splits(ad['adaptive'])}", flush=True)
             row = f"{model:<8} {g:>5} {100 * frac:>9.2f}% {ta:>10.1f}{'*' if reused_a else ' '}"
             if not args.skip_full and full_allowed(model, g, limits):
                 full, zf, reused_f = plane_run(work, runs[model], g)
@@ -169,6 +171,11 @@ def main():
               f"{' (reused)' if reused else ''}, {a['evaluated']} of {a['lattice']} points evaluated "
               f"({100 * a['fraction']:.2f}%), {ad['timing']['points_per_second'] or 0:.1f} points/s; coarse spacing "
               f"{a['spacing']}, points per round {a['points_per_round']}; {splits(a)}", flush=True)
+        if args.sample > 0:
+            truth, mask = sampled_truth(runs[model], Path(ad["_dir"]), za, args.sample)
+            e = errors(za, truth, mask)
+            print(f"  on {int(mask.sum())} random interpolated points: max |dlog10 L| {e['log_max']:.4f} (p99 "
+                  f"{e['log_p99']:.4f}), max |d err| {e['err_max']:.4f} (p99 {e['err_p99']:.4f})", flush=True)
     print("* reused from an earlier run in --work (its recorded time)")
     print(f"load average at end {os.getloadavg()[0]:.2f}; bench wall time {time.perf_counter() - t0:.0f}s")
 
