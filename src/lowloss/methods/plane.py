@@ -41,12 +41,12 @@ from ..engine.evaluate import evaluate_vectors
 from ..engine.executor import EXECUTORS, make_executor
 from ..rundir import RunDir, load_npz, load_tensors, read_result, run_method, save_npz
 from ..subspaces.adaptive import MIN_POINTS, polyline_indices, refine
+from ..subspaces.curves import curve_coefficients
 from ..subspaces.plane import ORIGINS, Plane, grid_axes
 from ..utils import LowlossError, echo, progress, seed_everything
 from .plane_grid import CHUNK_DIR, STATE_FILE, GridStore, PlaneTask
 from .plane_inputs import (
     PlaneInputs,
-    curve_coefficients,
     inputs_from_curve,
     inputs_from_random,
     inputs_from_runs,

@@ -26,31 +26,40 @@ def _mark_endpoints(ax, t, values, color):
     ax.plot([t[0], t[-1]], [values[0], values[-1]], "o", color=color, ms=6, zorder=5)
 
 
-def plot_curve(evaluation: dict, path: str | Path) -> Path:
-    """Train loss (log scale) and test error against t, for the trained curve and the line segment.
-
-    The endpoints w_A (t=0) and w_B (t=1) are marked; the barrier of each path is in the legend.
-    """
+def _path_panels(evaluation: dict, right: str, scale: float, right_legend):
+    """(figure, axes, curve label): the train loss (left) and `right` times `scale` (right) against t, for the
+    line segment and the trained path, endpoints marked; the left legend gives each path's barrier, the right
+    one `right_legend(summary of the path)`."""
     t = evaluation["t"]
     summ = evaluation["summary"]
     label = _label(evaluation)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, color, lab in (("line", LINE_COLOR, "line segment"), ("curve", CURVE_COLOR, label)):
         res = evaluation[name]
-        b = summ[name]["barrier"]
-        axes[0].plot(t, res["train_loss"], color=color, lw=2, label=f"{lab} (barrier {b:.3g})")
+        values = [scale * v for v in res[right]]
+        axes[0].plot(t, res["train_loss"], color=color, lw=2, label=f"{lab} (barrier {summ[name]['barrier']:.3g})")
         _mark_endpoints(axes[0], t, res["train_loss"], color)
-        axes[1].plot(t, [100 * e for e in res["test_error"]], color=color, lw=2,
-                     label=f"{lab} (max {100 * summ[name]['max_test_error']:.1f}%)")
-        _mark_endpoints(axes[1], t, [100 * e for e in res["test_error"]], color)
+        axes[1].plot(t, values, color=color, lw=2, label=f"{lab} ({right_legend(summ[name])})")
+        _mark_endpoints(axes[1], t, values, color)
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    return fig, axes, label
+
+
+def plot_curve(evaluation: dict, path: str | Path) -> Path:
+    """Train loss (log scale) and test error against t, for the trained curve and the line segment.
+
+    The endpoints w_A (t=0) and w_B (t=1) are marked; the barrier of each path is in the legend.
+    """
+    fig, axes, label = _path_panels(evaluation, "test_error", 100.0,
+                                    lambda summ: f"max {100 * summ['max_test_error']:.1f}%")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("train loss (NLL, log scale)")
     axes[1].set_ylabel("test error (%)")
     axes[1].set_ylim(bottom=0)
     for ax in axes:
-        ax.set_xlabel("t")
-        ax.set_xlim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         for x, name in ((0.0, "$w_A$"), (1.0, "$w_B$")):
             ax.axvline(x, color="0.6", lw=0.8, ls=":")
@@ -105,16 +114,7 @@ MARK_COLOR = "magenta"
 
 def plot_regression_curve(evaluation: dict, path: str | Path) -> Path:
     """Regression: train and test loss (MSE, log scale) against t along the trained curve and the line."""
-    t = evaluation["t"]
-    summ = evaluation["summary"]
-    label = _label(evaluation)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, color, lab in (("line", LINE_COLOR, "line segment"), ("curve", CURVE_COLOR, label)):
-        res = evaluation[name]
-        axes[0].plot(t, res["train_loss"], color=color, lw=2, label=f"{lab} (barrier {summ[name]['barrier']:.3g})")
-        axes[1].plot(t, res["test_loss"], color=color, lw=2, label=f"{lab} (max {summ[name]['max_test_loss']:.3g})")
-        _mark_endpoints(axes[0], t, res["train_loss"], color)
-        _mark_endpoints(axes[1], t, res["test_loss"], color)
+    fig, axes, label = _path_panels(evaluation, "test_loss", 1.0, lambda summ: f"max {summ['max_test_loss']:.3g}")
     marks = evaluation.get("marks") or {}
     if marks:
         axes[0].plot(marks["t"], marks["train_loss"], "o", mfc="none", mec=MARK_COLOR, mew=1.8, ms=9,
@@ -123,9 +123,6 @@ def plot_regression_curve(evaluation: dict, path: str | Path) -> Path:
     axes[1].set_ylabel("test loss (MSE, log scale)")
     for ax in axes:
         ax.set_yscale("log")
-        ax.set_xlabel("t")
-        ax.set_xlim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Mode connectivity for regression: {label} vs line", y=1.02, fontsize=11)
     fig.tight_layout()
