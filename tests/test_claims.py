@@ -10,6 +10,7 @@ from lowloss.claims import (
     claim,
     claim_budget,
     claim_calibration,
+    claim_curve_ensemble,
     claim_curves,
     claim_shift,
     collect_claims,
@@ -44,7 +45,10 @@ def test_curve_claims_from_a_run_json(tmp_path):
         "endpoint_ensemble": {"test_error": 0.05},
         "summary": {"line": {"barrier": 2.0, "max_train_loss": 2.1, "max_test_error": 0.9},
                     "curve": {"barrier": 0.1, "max_train_loss": 0.2, "max_test_error": 0.12}}}))
-    by_id = {c.id: c for c in claim_curves(tmp_path, [])}
+    # the endpoint-ensemble claim reads the MNIST-1D curves (connect1d): the same record there
+    (tmp_path / "connect1d").mkdir()
+    (tmp_path / "connect1d" / "run.json").write_text((d / "run.json").read_text())
+    by_id = {c.id: c for c in claim_curves(tmp_path, []) + claim_curve_ensemble(tmp_path, [])}
     assert by_id["line_barrier"].held == HELD
     assert by_id["curve_bezier"].held == HELD  # 0.1 <= 0.1 * 2.0
     assert by_id["curve_ensemble"].measured["t_half_gain"] == [0.5] and by_id["curve_ensemble"].held == HELD
@@ -56,6 +60,16 @@ def test_curve_claims_from_a_run_json(tmp_path):
             value = eval(c.test, {"__builtins__": {"judge": judge, "judge_all": judge_all}, **c.measured,
                                   **c.threshold})
             assert {True: HELD, False: NOT_HELD}.get(value, value) == c.held
+
+
+def test_curve_ensemble_without_an_ensemble_gain_is_not_held(tmp_path):
+    """Two modes whose ensemble is no better than A alone leave the curve nothing to reach: a verdict, not a gap."""
+    path = {"test_error": [0.05, 0.06, 0.05], "ensemble_test_error": [0.05, 0.05, 0.05]}
+    _write(tmp_path / "connect1d", {"t": [0.0, 0.5, 1.0], "curve": path, "line": path,
+                                    "endpoint_ensemble": {"test_error": 0.05}})
+    [c] = claim_curve_ensemble(tmp_path, [])
+    assert c.held == NOT_HELD and c.measured["t_half_gain"] == [None] and c.measured["gain"] == [0.0]
+    assert abs(c.spread["margin"] - (0.6 - 1.0)) < 1e-12 and "no gain to reach" in c.note
 
 
 def test_replicated_curve_claims_judge_the_spread_over_pairs(tmp_path):

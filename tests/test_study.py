@@ -12,9 +12,9 @@ CLAIM_IDS = {i for fn in CLAIMS for i, _ in fn.claims}
 
 def test_tiny_study_end_to_end_and_resume(tmp_path):
     out = tmp_path / "study"
-    s = Settings(size="tiny", quiet=True, device="cpu")
-    # an "interrupted" study: only the first stage finished
-    run_study(out, s, only=["modes"])
+    s = Settings(size="tiny", quiet=True, device="cpu", jobs=2)
+    # an "interrupted" study: only the first stage finished (one stage at a time, in this process)
+    run_study(out, Settings(size="tiny", quiet=True, device="cpu", jobs=1), only=["modes"])
     first = (out / "modes" / STAGE_FILE).read_text()
     summary = run_study(out, s)
     assert (out / "modes" / STAGE_FILE).read_text() == first  # not redone
@@ -29,6 +29,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         assert "error" not in c["measured"], (c["id"], c["measured"])
     assert set(on_disk["stage_seconds"]) == {st.name for st in STAGES}
     assert on_disk["seeds"] == [0, 1, 2] and "torch" in on_disk["versions"]
+    assert on_disk["machine"]["stages_at_once"] == 2  # the rest ran two stages at a time, in worker processes
 
     # the report embeds every figure the claims point to, and nothing is fetched from the network
     html = (out / "report.html").read_text()

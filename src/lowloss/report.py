@@ -98,16 +98,18 @@ def write_report(path: Path, *, title: str, subtitle: str, claims: list[dict], b
     if extra:
         parts.append("<section><h2>Setting</h2><pre>" + html.escape(json.dumps(extra, indent=1, default=str))
                      + "</pre></section>")
-    missed = [c for c in claims if c.get("held") is not None and c.get("held") not in (True, "held")]
+    missed = [c for c in claims if c.get("held") not in (True, "held")]
     parts.append("<section id='not-reproduced'><h2>What did not reproduce here, and why</h2>")
     if not missed:
-        parts.append("<p>Every measured claim held beyond noise.</p>")
+        parts.append("<p>Every claim held beyond noise.</p>")
     for c in missed:
         meas = {k: v for k, v in (c.get("measured") or {}).items() if k not in ("diffs", "runs")}
         parts.append(f"<h3>{html.escape(c['statement'])}</h3><p>{_status(c.get('held'))} &mdash; "
                      f"<code>{html.escape(c['id'])}</code>; margin {html.escape(_spread(c) or 'n/a')}; test "
                      f"<code>{html.escape(c.get('test', ''))}</code></p>"
                      + (f"<p>why: {html.escape(c['note'])}</p>" if c.get("note") else "")
+                     + ("" if c.get("held") is not None else
+                        "<p>why: not measured: its stage did not run (see Stages) or its data was damaged.</p>")
                      + "<pre>" + html.escape(json.dumps(_round(meas), default=str)[:1500]) + "</pre>")
     parts.append("</section>")
     parts.append("</body></html>")

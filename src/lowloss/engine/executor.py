@@ -56,7 +56,8 @@ class Executor:
         raise NotImplementedError
 
     def wait(self, handles: list) -> tuple[Any, Any]:
-        """Block until one of `handles` finishes: ``(handle, result)``."""
+        """Block until one of `handles` finishes: ``(handle, result)``; a task that failed raises a
+        :class:`~lowloss.errors.LowlossError` whose ``handle`` is that task's handle."""
         raise NotImplementedError
 
     def cancel(self, handles: Iterable) -> None:
@@ -85,6 +86,93 @@ class LocalExecutor(Executor):
 class _Thunk:
     def __init__(self, fn, shared, item):
         self.fn, self.shared, self.item = fn, shared, item
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+class ProcessExecutor(Executor):
+    """Tasks in `workers` worker processes of this machine, spawned once, each with `threads` torch threads
+    (the study's ``--jobs``: its stages at the same time on one machine, no Ray needed). ``fn``, its shared
+    inputs and items must pickle (module-level functions, plain data). An exception raised in a task becomes
+    a one-line :class:`~lowloss.errors.LowlossError` naming the task; a worker that dies (killed, out of
+    memory) breaks the pool, and every task still running is reported with that one line."""
+
+    name = "processes"
+
+    def __init__(self, workers: int, threads: int = 1):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers, self.num_cpus = max(1, int(workers)), max(1, int(threads))
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                         initializer=_set_threads, initargs=(self.num_cpus,))
+        self._labels: dict = {}
+
+    def submit(self, fn, item, *, shared=(), on_driver_node=False, label: str = "task", coordinator=False):
+        future = self._pool.submit(fn, *shared, item)
+        self._labels[future] = label
+        return future
+
+    def wait(self, handles):
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as wait_futures
+
+        done, _ = wait_futures(list(handles), return_when=FIRST_COMPLETED)
+        h = next(f for f in handles if f in done)  # the first finished in submission order (reproducible)
+        label = self._labels.pop(h, "task")
+        try:
+            return h, h.result()
+        except Exception as e:  # noqa: BLE001 - every failure becomes the task's one line
+            err = process_task_error(label, e)
+            err.handle = h  # which task failed (the study keeps waiting for the others)
+            raise err from e
+
+    def cancel(self, handles):
+        for h in handles:
+            self._labels.pop(h, None)
+            h.cancel()  # a task already running finishes (its results are then dropped)
+
+    def map(self, fn, items, *, shared=(), label="task", window=None):
+        from concurrent.futures import CancelledError, as_completed
+
+        futures = {self._pool.submit(fn, *shared, item): i for i, item in enumerate(items)}
+        failure = None
+        try:
+            for f in as_completed(futures):
+                try:
+                    result = f.result()
+                except CancelledError:
+                    continue
+                except Exception as e:  # noqa: BLE001 - drop the queued tasks; the running ones still finish
+                    failure = failure or process_task_error(f"{label} {futures[f]}", e)
+                    self.cancel(futures)
+                    continue
+                yield futures[f], result
+        finally:
+            self.cancel(futures)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        """Wait for the running tasks, drop the queued ones, stop the worker processes."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def process_task_error(label: str, e: BaseException) -> LowlossError:
+    """One line for a task that failed in a worker process."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(e, LowlossError):
+        return LowlossError(f"{label} failed: {e}")
+    if isinstance(e, BrokenProcessPool):
+        return LowlossError(f"{label}: a worker process died (killed, or out of memory); run again to resume")
+    text = next((t for t in reversed(str(e).strip().splitlines()) if t.strip()), "")
+    return LowlossError(f"{label} failed in a worker process ({type(e).__name__}: {text[:300]})")
 
 
 # ------------------------------------------------------------------------------------------------------ Ray
@@ -224,7 +312,9 @@ class RayExecutor(Executor):
         try:
             return done, self.ray.get(done)
         except self.ray.exceptions.RayError as e:
-            raise task_error(label, e) from None
+            err = task_error(label, e)
+            err.handle = done  # which task failed (the study keeps waiting for the others)
+            raise err from None
 
     def cancel(self, handles):
         for h in handles:
@@ -288,5 +378,5 @@ def make_executor(name: str = "local", address: str | None = None, *, num_cpus: 
     return RayExecutor(address, num_cpus=num_cpus, num_gpus=num_gpus)
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "connect", "make_executor", "task_error",
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "connect", "make_executor", "task_error",
            "worker_pid"]
