@@ -173,3 +173,45 @@ def test_report_shows_verdicts_spread_and_what_did_not_reproduce(tmp_path):
     tail = html[html.index("not-reproduced"):]
     assert "B is noise" in tail and "A holds" not in tail
     assert "(n=3)" in html and "MNIST-1D, because" in html
+
+
+def test_plane_ridges_interpolate_log_loss_between_the_modes(tmp_path):
+    """A plane whose log train loss is 1 - |y - 1| (a ridge along y = 1, exact under bilinear interpolation on
+    the grid's lines): the segment between (0, 0) and (0, 2) crosses the ridge's top, exp(1)."""
+    import numpy as np
+
+    from lowloss.claims import plane_ridges
+
+    d = tmp_path / "plane_modes"
+    d.mkdir()
+    x = y = np.linspace(-1.0, 3.0, 9)
+    logz = 1 - np.abs(y[:, None] - 1) + 0 * x[None, :]
+    coords = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    np.savez(d / "plane.npz", x=x, y=y, train_loss=np.exp(logz), point_coords=coords,
+             point_labels=np.array(["a", "b", "c"]))
+    (d / "run.json").write_text(json.dumps({"points": {k: {"train_loss": v} for k, v in
+                                                       zip("abc", (0.01, 0.02, 0.03))}}))
+    r = plane_ridges(d)
+    assert abs(r["a-b"]["ridge_train_loss"] - np.e) < 1e-9 and r["a-b"]["modes_train_loss"] == 0.02
+    assert abs(r["a-c"]["ridge_train_loss"] - 1.0) < 1e-9  # along y = 0: log loss 0 everywhere
+    assert set(r) == {"a-b", "a-c", "b-c"}
+
+
+def test_espro_pairs_pool_two_simplexes_against_two_modes():
+    import math
+
+    import torch
+
+    from lowloss.methods.espro import pair_metrics
+
+    y = torch.tensor([0, 1])
+    one = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    half = torch.full((2, 2), 0.5)
+    # simplex samples [members, n, classes]: simplex 0 is sure and right, simplex 1 undecided
+    probs = [one[None].repeat(3, 1, 1), half[None].repeat(3, 1, 1), half[None]]
+    modes = [half, one, half]
+    p = pair_metrics(probs, modes, y)
+    assert set(p) == {"0-1", "0-2", "1-2"}
+    expected = -math.log(0.75)  # both pools put 3/4 on the right class
+    assert abs(p["0-1"]["espro"]["nll"] - expected) < 1e-9 and abs(p["0-1"]["deep_ensemble"]["nll"] - expected) < 1e-9
+    assert abs(p["1-2"]["espro"]["nll"] - math.log(2)) < 1e-9

@@ -25,23 +25,25 @@ from .errors import LowlossError
 STAGE_FILE = "stage.json"
 STUDY_CONFIG = "study_config.json"
 
-# every size knob of the study, per preset: "full" (under 30 min on 2 CPU cores for digits), "quick" (under 5),
-# "tiny" (seconds; for tests of the pipeline only, numbers meaningless). regression, spirals and budget hold
+# every size knob of the study, per preset: "full" (three replicates of every claim; README gives its time),
+# "quick" (under 5 minutes on 2 CPU cores), "tiny" (seconds; for tests of the pipeline only, numbers meaningless). regression, spirals and budget hold
 # fields of those methods' Configs.
 SIZES: dict[str, dict] = {
     "full": dict(mode1d_epochs=30, budget1d_epochs=32, signal_shifts="all",
-                 mode_epochs=80, curve_epochs=20, grid=31, replicates=3, bn_subset=None, budget_seeds=3, swag_epochs=10,
+                 mode_epochs=80, curve_epochs=20, curve_points=61, grid=31, replicates=3, bn_subset=None,
+                 budget_seeds=3, swag_epochs=10,
                  espro_epochs=10, members=25, complex_epochs=8, dim_connectors=12, dim_epochs=5,
                  shift_samples=30, vardrop_epochs=300, cswag_epochs=5, cswag_samples=10,
                  regression={}, spirals={}, budget={}),
-    "quick": dict(mode1d_epochs=15, budget1d_epochs=16, signal_shifts="all",
-                  mode_epochs=12, curve_epochs=10, grid=15, replicates=1, bn_subset=512, budget_seeds=2, swag_epochs=5,
-                  espro_epochs=3, members=10, complex_epochs=3, dim_connectors=5, dim_epochs=2,
-                  shift_samples=10, vardrop_epochs=60, cswag_epochs=3,
-                  cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=1000),
+    "quick": dict(mode1d_epochs=15, budget1d_epochs=12, signal_shifts="all",
+                  mode_epochs=12, curve_epochs=10, curve_points=31, grid=11, replicates=1, bn_subset=512,
+                  budget_seeds=2, swag_epochs=5, espro_epochs=2, members=10, complex_epochs=3, dim_connectors=4,
+                  dim_epochs=2, shift_samples=6, vardrop_epochs=45, cswag_epochs=3,
+                  cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=700),
                   spirals=dict(epochs=1000, vertex_epochs=60, grid=100, members=20), budget={}),
     "tiny": dict(mode1d_epochs=1, budget1d_epochs=4, signal_shifts="noise",
-                 mode_epochs=4, curve_epochs=1, grid=4, replicates=1, bn_subset=128, budget_seeds=1, swag_epochs=1,
+                 mode_epochs=4, curve_epochs=1, curve_points=11, grid=4, replicates=1, bn_subset=128,
+                 budget_seeds=1, swag_epochs=1,
                  espro_epochs=1, members=2, complex_epochs=1, dim_connectors=2, dim_epochs=1,
                  shift_samples=2, vardrop_epochs=1, cswag_epochs=1, cswag_samples=2,
                  regression=dict(modes=2, espro_modes=1, epochs=20, vertex_epochs=2, swag_epochs=2, samples=3),
@@ -173,7 +175,7 @@ def _modes(s, study):
 def _connect(kind: str):
     def jobs(s, study):
         return [Job("connect", pair, {"curve": kind, "bends": 1 if kind == "bezier" else 2, "epochs": s.curve_epochs,
-                                      "seed": s.seed}, sub)
+                                      "points": s.curve_points, "seed": s.seed}, sub)
                 for sub, pair in mode_pairs(study, s)]
 
     return jobs
@@ -187,8 +189,8 @@ def _modes1d(s, study):
 def _connect1d(s, study):
     # the endpoint-ensemble claim needs an ensemble gain to reach: on the digits two modes ensembled are no
     # better than one, on MNIST-1D they are (see STAGE_DATA_WHY)
-    points = {} if s.size == "full" else {"points": 21}
-    return [Job("connect", pair, {"curve": "bezier", "bends": 1, "epochs": s.curve_epochs, "seed": s.seed, **points},
+    return [Job("connect", pair, {"curve": "bezier", "bends": 1, "epochs": s.curve_epochs, "seed": s.seed,
+                                  "points": s.curve_points if s.size == "full" else min(21, s.curve_points)},
                 sub, threads=1)
             for sub, pair in mode_pairs(study, s, mode1d_dirs(study, s))]
 
@@ -250,8 +252,9 @@ def _align(s, study):
         jobs += [Job("align", [dirs[i], dirs[j]], {"points": 11 if s.size == "full" else 7, "seed": s.seed, **_bn(s)},
                      f"{name}/align{i}{j}") for i, j in ALIGN_PAIRS]
     curve = {"curve": "bezier", "bends": 1, "epochs": _path_epochs(s), "points": 21, "seed": s.seed, **_bn(s)}
-    jobs += [Job("connect", mlp[:2], {**curve, "align": al}, f"mlp/{'curve_aligned' if al else 'curve'}", threads=1)
-             for al in (False, True)]
+    jobs += [Job("connect", pair, {**curve, "align": al}, f"mlp/{sub}{'/' if sub else ''}"
+                                                          f"{'curve_aligned' if al else 'curve'}", threads=1)
+             for sub, pair in mode_pairs(study, s, mlp) for al in (False, True)]
     return jobs
 
 
@@ -271,10 +274,11 @@ def _path_epochs(s: Settings) -> int:
 
 
 def _paths(s, study):
-    # AutoNEB between the same MLP pair as the align stage's curve, at the same number of epochs
+    # AutoNEB between the same MLP pairs as the align stage's curves, at the same number of epochs
     neb = {} if s.size == "full" else {"neb_rounds": 2, "neb_pivots": 1}
-    return [Job("connect", align_mlp_dirs(study, s)[:2], {"epochs": _path_epochs(s), "points": 21, "seed": s.seed,
-                                                          "method": "neb", **neb, **_bn(s)}, "neb", threads=1)]
+    return [Job("connect", pair, {"epochs": _path_epochs(s), "points": 21, "seed": s.seed, "method": "neb", **neb,
+                                  **_bn(s)}, f"{sub}/neb" if sub else "neb", threads=1)
+            for sub, pair in mode_pairs(study, s, align_mlp_dirs(study, s))]
 
 
 # the width stage (Izmailov et al.'s "optima width"): SWA at the modes' peak learning rate from each mode, then
@@ -372,18 +376,28 @@ STAGE_DATA_WHY = {
 }
 
 
-def matmul_gflops(n: int = 512, seconds: float = 0.3) -> float:
-    """This machine's float32 matrix-multiply rate in GFLOP/s (n x n, repeated for about `seconds`), printed
-    beside the study's time so timings on different machines can be compared."""
+def matmul_gflops(n: int = 512, seconds: float = 0.2, trials: int = 5, threads: int | None = None) -> float:
+    """This machine's float32 matrix-multiply rate in GFLOP/s (n x n products, the median of `trials` windows of
+    about `seconds` each, at `threads` torch threads, default this process's), printed beside the study's time
+    so timings on different machines can be compared. One short window varies by a third from run to run on a
+    shared 2-core machine; the median of five does not."""
+    import statistics
+
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    from .utils import torch_threads
+
+    with torch_threads(threads or torch.get_num_threads()):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        rates = []
+        for _ in range(trials):
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                a @ b
+                reps += 1
+            rates.append(2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
 
 
 def run_stage(stage: Stage, settings: Settings, study: Path) -> None:
@@ -541,7 +555,7 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
                            "use a new --out")
     write_json(cfg_path, cfg)
     status: dict[str, dict] = {}
-    gflops = matmul_gflops()
+    gflops, gflops_1 = matmul_gflops(), matmul_gflops(threads=1)
     t_start = time.time()
     n = len(STAGES)
     planned: list[Stage] = []  # with Ray or --jobs > 1: the stages to run, started when their needs are done
@@ -591,7 +605,8 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
     from .claims import HELD, VERDICTS
 
     total = time.time() - t_start
-    machine = {"matmul_float32_gflops": gflops, "torch_threads": _thread_count(),
+    machine = {"matmul_float32_gflops": gflops, "matmul_float32_gflops_1_thread": gflops_1,
+               "torch_threads": _thread_count(),
                "stages_at_once": stage_slots(settings)[0] if settings.executor == "local" else "ray",
                "threads_per_stage": stage_slots(settings)[1] if concurrent else _thread_count()}
     summary = {"claims": [{k: c[k] for k in ("id", "statement", "measured", "threshold", "test", "held", "spread")}
@@ -612,13 +627,13 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
                  subtitle=f"{held} of {measured} measured claims held beyond noise (margin > 2 SE of the paired "
                           f"difference), {noise} within noise; seeds {settings.seeds}; {settings.size} settings; "
                           f"{total:.0f} s ({_slots_text(machine)}) on a machine doing {gflops:.0f} GFLOP/s float32 "
-                          f"matmul; lowloss "
+                          f"matmul ({gflops_1:.0f} on one thread); lowloss "
                           f"{versions()['lowloss']}, torch {versions()['torch']}",
                  claims=claims, base=study, stages=status, extra={"config": cfg, "versions": versions(),
                                                                   "machine": machine},
                  stage_data={k: STAGE_DATA_WHY.get(k, "the modes' data (--data)") for k in status})
-    echo(f"study time {total:.0f}s ({_slots_text(machine)}); float32 matmul {gflops:.1f} GFLOP/s on "
-         f"{machine['torch_threads']} thread(s)", settings.quiet)
+    echo(f"study time {total:.0f}s ({_slots_text(machine)}); float32 matmul {gflops:.0f} GFLOP/s on "
+         f"{machine['torch_threads']} thread(s), {gflops_1:.0f} on 1", settings.quiet)
     return summary
 
 
