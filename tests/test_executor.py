@@ -110,3 +110,46 @@ def test_jobs_must_not_be_negative():
     with pytest.raises(LowlossError, match="--jobs must be 0"):
         S.Settings(jobs=-1)
     assert S.stage_slots(S.Settings(jobs=1))[0] == 1
+
+
+def test_an_interrupted_driver_stops_its_stages_at_once(tmp_path, monkeypatch):
+    """Ctrl-C while stages run: the worker processes are terminated, not waited for."""
+    from lowloss import study as S
+
+    stages = [S.Stage(n, n, functools.partial(_jobs_sleep, n)) for n in ("a", "b")]
+    calls = []
+
+    def wait_then_interrupt(self, handles):
+        deadline = time.time() + 30
+        while not all((tmp_path / f"{n}.pid").exists() for n in "ab") and time.time() < deadline:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProcessExecutor, "wait", wait_then_interrupt)
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        S._run_concurrently(stages, S.Settings(jobs=2, quiet=True), tmp_path, lambda st, secs: calls.append(st))
+    assert time.time() - t0 < 30 and not calls
+    for n in "ab":
+        pid = int((tmp_path / f"{n}.pid").read_text())
+        deadline = time.time() + 10
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+
+
+def _jobs_sleep(name, settings, study):
+    (study / f"{name}.pid").write_text(str(os.getpid()))
+    time.sleep(60)
+    return []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie not yet reaped by its parent counts as gone
+        return "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    except OSError:
+        return False

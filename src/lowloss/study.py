@@ -519,10 +519,14 @@ def _run_concurrently(planned: list[Stage], settings: Settings, study: Path, don
             st, t0 = running.pop(h)
             finished.add(st.name)
             done_stage(st, time.time() - t0)
-    finally:
+    except BaseException:  # Ctrl-C, or an error of the driver: stop the stages now (they resume on a re-run)
         ex.cancel(list(running))
         if hasattr(ex, "close"):
-            ex.close()
+            ex.close(kill=True)
+        raise
+    ex.cancel(list(running))
+    if hasattr(ex, "close"):
+        ex.close()
     if failure is not None:
         raise failure
 

@@ -158,8 +158,12 @@ class ProcessExecutor(Executor):
         if failure is not None:
             raise failure
 
-    def close(self) -> None:
-        """Wait for the running tasks, drop the queued ones, stop the worker processes."""
+    def close(self, kill: bool = False) -> None:
+        """Drop the queued tasks and stop the worker processes: after the running tasks finish, or at once
+        (`kill`: the driver was interrupted; work written so far is kept, and resumes where it can)."""
+        if kill:
+            for p in list(getattr(self._pool, "_processes", {}).values()):  # CPython's pool keeps its workers here
+                p.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
