@@ -24,8 +24,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     assert {c["id"] for c in on_disk["claims"]} == CLAIM_IDS and len(CLAIM_IDS) >= 25
     for c in on_disk["claims"]:
-        assert set(c) == {"id", "statement", "measured", "threshold", "test", "held", "spread"}
-        assert c["held"] in ("held", "within noise", "not held", None), c
+        assert set(c) == {"id", "statement", "measured", "threshold", "test", "held", "spread", "note"}
+        assert c["held"] in ("held", "within noise", "not held"), c  # every claim gets a verdict
+        assert c["spread"].get("n") or all(v.get("n") for v in c["spread"].values()), c
         assert "error" not in c["measured"], (c["id"], c["measured"])
     assert set(on_disk["stage_seconds"]) == {st.name for st in STAGES}
     assert on_disk["seeds"] == [0, 1, 2] and "torch" in on_disk["versions"]

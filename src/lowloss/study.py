@@ -613,7 +613,8 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
                "torch_threads": _thread_count(),
                "stages_at_once": stage_slots(settings)[0] if settings.executor == "local" else "ray",
                "threads_per_stage": stage_slots(settings)[1] if concurrent else _thread_count()}
-    summary = {"claims": [{k: c[k] for k in ("id", "statement", "measured", "threshold", "test", "held", "spread")}
+    summary = {"claims": [{k: c[k] for k in ("id", "statement", "measured", "threshold", "test", "held", "spread",
+                                             "note")}
                           for c in claims],
                "verdicts": {v: sum(1 for c in claims if c["held"] == v) for v in VERDICTS},
                "config": cfg, "versions": versions(), "seeds": settings.seeds,
