@@ -19,7 +19,7 @@ from .errors import LowlossError
 COMMON_HELP = {
     "seed": "Random seed; runs are reproducible.",
     "device": "auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps.",
-    "data": "digits, mnist5k, spirals, regression1d (embedded) or mnist, fashion-mnist, cifar10, cifar100 "
+    "data": "digits, mnist5k, mnist1d, spirals, regression1d (embedded) or mnist, fashion-mnist, cifar10, cifar100 "
             "(with --data-dir).",
     "data_dir": "Folder with torchvision-format mnist / fashion-mnist / cifar10 / cifar100 (never downloaded).",
     "data_seed": "Seed of the fixed train/test split or synthetic draw (keep it equal across runs you want to "

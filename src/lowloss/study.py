@@ -67,7 +67,7 @@ class Settings:
     seed: int = 0
     device: str = "auto"
     executor: str = option("local", choices=("local", "ray"),
-                           help="local: the stages one after the other in this process; ray: stages whose needs "
+                           help="local: on this machine, --jobs stages at a time; ray: stages whose needs "
                                 "are met run at the same time as tasks on this machine's node of a Ray cluster, "
                                 "their trainings, planes, ensembles, budgets, shift settings and simplexes as "
                                 "tasks across the cluster (pip install 'lowloss[ray]').")
@@ -359,8 +359,9 @@ STAGES: list[Stage] = [
 STAGE_DATA_WHY = {
     "modes": "--data (default the 8x8 digits): the loss-surface stages (curves, planes, simplexes, complex, "
              "dimension) need three modes of one architecture, and the digits train in seconds",
-    "modes1d": "MNIST-1D (mnist1d package, generated locally, 4,000/1,000 signals): convnets reach ~95%, not "
-               "~99%, and are overconfident, so ensembles, temperature scaling and shift have room to show",
+    "modes1d": "MNIST-1D (mnist1d package, generated locally, 4,000/1,000 signals): 1-D convnets reach 95-97.5%, "
+               "not ~99%, so there are errors for ensembles and temperature scaling to act on, and the generator's "
+               "own knobs give a shift that costs a large part of the accuracy",
     "connect1d": "MNIST-1D: on the digits two modes ensembled are no better than one (quick study: test error "
                  "1.7% vs 1.4%, NLL 0.050 vs 0.051), so the curve has no ensemble gain to reach",
     "budget": "MNIST-1D: on digits the networks are underconfident, so averaging probabilities raises NLL and "
