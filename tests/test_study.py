@@ -32,6 +32,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert on_disk["seeds"] == [0, 1, 2] and "torch" in on_disk["versions"]
     assert on_disk["machine"]["stages_at_once"] == 2  # the rest ran two stages at a time, in worker processes
 
+    md = (out / "summary.md").read_text()  # the claims table in Markdown, one row per claim
+    assert all(f"`{i}`" in md for i in CLAIM_IDS) and "What did not reproduce here, and why" in md
+
     # the report embeds every figure the claims point to, and nothing is fetched from the network
     html = (out / "report.html").read_text()
     claims = collect_claims(out, mode_dirs(out, s))

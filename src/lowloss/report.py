@@ -137,3 +137,22 @@ def _fmt(v) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
+
+
+def write_markdown(path: Path, *, title: str, subtitle: str, claims: list[dict]) -> Path:
+    """The claims table as Markdown (summary.md beside report.html): claim, verdict, margin ± SE of the paired
+    difference (n replicates) and, for every claim that did not hold, its note (why, with the numbers)."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# {title}", "", subtitle, "", "| claim | verdict | margin ± SE (n) |", "|---|---|---|"]
+    for c in claims:
+        verdict = c.get("held") or "not measured"
+        lines.append(f"| `{c['id']}`: {cell(c['statement'])} | **{verdict}** | {cell(_spread(c))} |")
+    missed = [c for c in claims if c.get("held") not in (True, "held")]
+    lines += ["", "## What did not reproduce here, and why", ""]
+    lines += [f"- `{c['id']}` ({c.get('held') or 'not measured'}): {cell(c.get('note') or 'no note')}"
+              for c in missed] or ["Every claim held beyond noise."]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path

@@ -5,7 +5,8 @@ A stage is a row of :data:`STAGES`: a name, a title, the stages it needs, and th
 sets). Each job runs in-process through :func:`lowloss.api.run` into DIR/<stage>/[<sub>]; a stage is
 marked finished by an atomic DIR/<stage>/stage.json. A re-run skips finished stages, and an interrupted
 stage resumes from its runs' own checkpoints. After the stages, every claim of the papers is checked
-against the measured numbers (:mod:`lowloss.claims`) and written to DIR/summary.json (claims as data)
+against the measured numbers (:mod:`lowloss.claims`) and written to DIR/summary.json (claims as data),
+DIR/summary.md (the claims table in Markdown)
 and DIR/report.html (self-contained, figures embedded).
 """
 
@@ -39,7 +40,7 @@ SIZES: dict[str, dict] = {
                   mode_epochs=12, curve_epochs=10, curve_points=31, grid=11, replicates=1, bn_subset=512,
                   budget_seeds=2, swag_epochs=5, espro_epochs=2, members=10, complex_epochs=3, dim_connectors=4,
                   dim_epochs=2, shift_samples=6, vardrop_epochs=45, cswag_epochs=3,
-                  cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=700),
+                  cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=700, vertex_epochs=100),
                   spirals=dict(epochs=1000, vertex_epochs=60, grid=100, members=20), budget={}),
     "tiny": dict(mode1d_epochs=1, budget1d_epochs=4, signal_shifts="noise",
                  mode_epochs=4, curve_epochs=1, curve_points=11, grid=4, replicates=1, bn_subset=128,
@@ -547,7 +548,8 @@ def _stage_record(marker: Path) -> dict | None:
 
 
 def run_study(out: str | Path, settings: Settings, only: list[str] | None = None) -> dict:
-    """Run every stage not yet finished, then write summary.json and report.html. Returns the summary."""
+    """Run every stage not yet finished, then write summary.json, summary.md and report.html. Returns the
+    summary."""
     from .rundir import read_json_file
     from .utils import echo, versions, write_json
 
@@ -623,21 +625,25 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
                "stage_data": {k: STAGE_DATA_WHY.get(k, "the modes' data (--data)") for k in status},
                "stages": status, "total_seconds": total, "machine": machine}
     write_json(study / "summary.json", summary)
-    from .report import write_report
+    from .report import write_markdown, write_report
 
     held = sum(1 for c in claims if c["held"] == HELD)
     measured = sum(1 for c in claims if c["held"] is not None)
     noise = summary["verdicts"]["within noise"]
+    cached = [k for k, v in status.items() if v.get("status") == "done (cached)"]
+    cached_text = (f", {len(cached)} of {len(status)} stages cached from earlier runs" if cached else "")
+    subtitle = (f"{held} of {measured} measured claims held beyond noise (margin > 2 SE of the paired difference), "
+                f"{noise} within noise; seeds {settings.seeds}; {settings.size} settings; {total:.0f} s this run"
+                f"{cached_text} ({_slots_text(machine)}) on a machine doing {gflops:.0f} GFLOP/s float32 matmul ({gflops_1:.0f} on "
+                f"one thread); lowloss {versions()['lowloss']}, torch {versions()['torch']}")
     write_report(study / "report.html", title=f"lowloss study: {settings.model} on {settings.data}, "
                                               "uncertainty on MNIST-1D",
-                 subtitle=f"{held} of {measured} measured claims held beyond noise (margin > 2 SE of the paired "
-                          f"difference), {noise} within noise; seeds {settings.seeds}; {settings.size} settings; "
-                          f"{total:.0f} s ({_slots_text(machine)}) on a machine doing {gflops:.0f} GFLOP/s float32 "
-                          f"matmul ({gflops_1:.0f} on one thread); lowloss "
-                          f"{versions()['lowloss']}, torch {versions()['torch']}",
+                 subtitle=subtitle,
                  claims=claims, base=study, stages=status, extra={"config": cfg, "versions": versions(),
                                                                   "machine": machine},
                  stage_data={k: STAGE_DATA_WHY.get(k, "the modes' data (--data)") for k in status})
+    write_markdown(study / "summary.md", title=f"lowloss study: {settings.model} on {settings.data}, uncertainty on "
+                                               "MNIST-1D", subtitle=subtitle, claims=claims)
     echo(f"study time {total:.0f}s ({_slots_text(machine)}); float32 matmul {gflops:.0f} GFLOP/s on "
          f"{machine['torch_threads']} thread(s), {gflops_1:.0f} on 1", settings.quiet)
     return summary
@@ -660,7 +666,7 @@ def _thread_count() -> int:
 
 def _command(out, quiet, **kw):
     """Run the whole study (modes, curves, planes, ensembles, simplexes, shift, variational dropout, ...)
-    into --out, skipping finished stages, then write summary.json and report.html."""
+    into --out, skipping finished stages, then write summary.json, summary.md and report.html."""
     from .cli import config_from_options
 
     settings = config_from_options(Settings, kw)
@@ -670,7 +676,7 @@ def _command(out, quiet, **kw):
         for c in summary["claims"]:
             mark = c["held"] or "n/a"
             click.echo(f"  [{mark:>12}] {c['statement']}")
-        click.echo(f"report: {out}/report.html  summary: {out}/summary.json")
+        click.echo(f"report: {out}/report.html  summary: {out}/summary.json, {out}/summary.md")
 
 
 def _build_command() -> click.Command:
