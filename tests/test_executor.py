@@ -153,3 +153,19 @@ def _alive(pid):
         return "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
     except OSError:
         return False
+
+
+def test_a_one_thread_stage_is_identical_whatever_jobs(tmp_path):
+    """modes1d trains its networks at one thread: in this process (--jobs 1) or in a worker (--jobs 2), the
+    same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from lowloss import study as S
+
+    for jobs in (1, 2):
+        S.run_study(tmp_path / f"j{jobs}", S.Settings(size="tiny", quiet=True, device="cpu", jobs=jobs),
+                    only=["modes1d"])
+    for k in (0, 1, 2):
+        a = load_file(tmp_path / "j1" / "modes1d" / f"seed{k}" / "model.safetensors")
+        b = load_file(tmp_path / "j2" / "modes1d" / f"seed{k}" / "model.safetensors")
+        assert a.keys() == b.keys() and all(a[n].equal(b[n]) for n in a)
