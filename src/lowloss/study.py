@@ -26,25 +26,25 @@ from .errors import LowlossError
 STAGE_FILE = "stage.json"
 STUDY_CONFIG = "study_config.json"
 
-# every size knob of the study, per preset: "full" (three replicates of every claim; README gives its time),
-# "quick" (under 5 minutes on 2 CPU cores), "tiny" (seconds; for tests of the pipeline only, numbers meaningless). regression, spirals and budget hold
-# fields of those methods' Configs.
+# every size knob of the study, per preset: "full" (three replicates of every claim; about half an hour on 2 CPU
+# cores), "quick" (under 5 minutes on 2 CPU cores), "tiny" (seconds; for tests of the pipeline only, numbers
+# meaningless). regression, spirals and budget hold fields of those methods' Configs.
 SIZES: dict[str, dict] = {
     "full": dict(mode1d_epochs=30, budget1d_epochs=32, signal_shifts="all",
-                 mode_epochs=80, curve_epochs=20, curve_points=61, grid=31, replicates=3, bn_subset=None,
-                 budget_seeds=3, swag_epochs=10,
+                 mode_epochs=80, curve_epochs=20, curve_points=61, curve1d_points=61, grid=31, replicates=3,
+                 bn_subset=None, budget_seeds=3, swag_epochs=10,
                  espro_epochs=10, members=25, complex_epochs=8, dim_connectors=12, dim_epochs=5,
                  shift_samples=30, vardrop_epochs=300, cswag_epochs=5, cswag_samples=10,
                  regression={}, spirals={}, budget={}),
     "quick": dict(mode1d_epochs=15, budget1d_epochs=8, signal_shifts="all",
-                  mode_epochs=12, curve_epochs=10, curve_points=31, grid=11, replicates=1, bn_subset=512,
-                  budget_seeds=2, swag_epochs=3, espro_epochs=2, members=6, complex_epochs=3, dim_connectors=4,
-                  dim_epochs=2, shift_samples=4, vardrop_epochs=45, cswag_epochs=3,
+                  mode_epochs=12, curve_epochs=10, curve_points=31, curve1d_points=21, grid=11, replicates=1,
+                  bn_subset=512, budget_seeds=2, swag_epochs=3, espro_epochs=2, members=6, complex_epochs=3,
+                  dim_connectors=4, dim_epochs=2, shift_samples=4, vardrop_epochs=45, cswag_epochs=3,
                   cswag_samples=5, regression=dict(modes=3, espro_modes=2, epochs=700, vertex_epochs=100),
                   spirals=dict(epochs=700, vertex_epochs=60, grid=100, members=20), budget={}),
     "tiny": dict(mode1d_epochs=1, budget1d_epochs=4, signal_shifts="noise",
-                 mode_epochs=4, curve_epochs=1, curve_points=11, grid=4, replicates=1, bn_subset=128,
-                 budget_seeds=1, swag_epochs=1,
+                 mode_epochs=4, curve_epochs=1, curve_points=11, curve1d_points=11, grid=4, replicates=1,
+                 bn_subset=128, budget_seeds=1, swag_epochs=1,
                  espro_epochs=1, members=2, complex_epochs=1, dim_connectors=2, dim_epochs=1,
                  shift_samples=2, vardrop_epochs=1, cswag_epochs=1, cswag_samples=2,
                  regression=dict(modes=2, espro_modes=1, epochs=20, vertex_epochs=2, swag_epochs=2, samples=3),
@@ -191,7 +191,7 @@ def _connect1d(s, study):
     # the endpoint-ensemble claim needs an ensemble gain to reach: on the digits two modes ensembled are no
     # better than one, on MNIST-1D they are (see STAGE_DATA_WHY)
     return [Job("connect", pair, {"curve": "bezier", "bends": 1, "epochs": s.curve_epochs, "seed": s.seed,
-                                  "points": s.curve_points if s.size == "full" else min(21, s.curve_points)},
+                                  "points": s.curve1d_points},
                 sub, threads=1)
             for sub, pair in mode_pairs(study, s, mode1d_dirs(study, s))]
 
@@ -599,10 +599,7 @@ def run_study(out: str | Path, settings: Settings, only: list[str] | None = None
         t0 = time.time()
         d.mkdir(parents=True, exist_ok=True)
         run_stage(st, settings, study)
-        secs = time.time() - t0
-        write_json(marker, {"stage": st.name, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        status[st.name] = {"status": "done", "seconds": secs}
-        echo(f"{head} done in {secs:.1f}s", settings.quiet)
+        done_stage(st, time.time() - t0)
     if planned:
         _run_concurrently(planned, settings, study, done_stage)
         status = {st.name: status[st.name] for st in STAGES if st.name in status}
