@@ -398,6 +398,9 @@ def claim_budget(study: Path, modes: list[Path]):
     note = (f"{len(seeds)} seed(s) on {data}, budget 1 = {cfg.get('epochs')} epochs; each difference is paired on "
             "the seed (same data order and initialisation), so seed-to-seed spread of the absolute numbers cancels")
 
+    ece = (f" (test ECE {mean(per_seed('single', 'ece')):.3f})"
+           if all("ece" in raw["single"][b][s_] for s_ in seeds) else "")
+
     def why(comps: dict, what: str) -> str:  # the comparisons that did not hold, with each method's schedule
         lost = [f"{m} ({_budget_schedule(m, acc_b.get(m, {}), cfg)}): {what} {c['margin']:+.4f}"
                 + (f" ± {c['se']:.4f}" if c["se"] is not None else " (one seed)")
@@ -409,8 +412,6 @@ def claim_budget(study: Path, modes: list[Path]):
                 "it away from the fully annealed end the single network reaches, and on MNIST-1D that network is "
                 f"already well calibrated{ece}, so averaging under-trained members or snapshots does not pay for it")
 
-    ece = (f" (test ECE {mean(per_seed('single', 'ece')):.3f})"
-           if all("ece" in raw["single"][b][s_] for s_ in seeds) else "")
 
     out = [claim("fge_nll", S_FGE, {"fge_nll": per_seed("fge", "nll"), "single_nll": per_seed("single", "nll"),
                                     **nll_gain("fge")}, "verdict(margin, se, k)", {"k": K_SE}, figs,
