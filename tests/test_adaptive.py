@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_plane_setup
 from lowloss.config import replace
-from lowloss.data import Dataset, TensorSplit
 from lowloss.methods import plane as PL
 from lowloss.subspaces.adaptive import (
     RATE,
@@ -218,19 +218,7 @@ def one_thread():
 
 
 def _tiny_inputs():
-    from lowloss.data import load_dataset
-    from lowloss.params import flatten
-
-    d = load_dataset("digits")
-    data = Dataset("digits-small", TensorSplit(d.train.x[:100].double(), d.train.y[:100]),
-                   TensorSplit(d.test.x[:40].double(), d.test.y[:40]), d.input_shape, 10)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8),
-                                torch.nn.ReLU(), torch.nn.Linear(8, 10)).double()
-    w = flatten(model)
-    g = torch.Generator().manual_seed(1)
-    pts = [w, w + 0.6 * torch.randn(w.numel(), generator=g, dtype=w.dtype),
-           w + 0.6 * torch.randn(w.numel(), generator=g, dtype=w.dtype)]
+    model, data, pts = tiny_plane_setup(0, n_train=100, hidden=8, scale=0.6)
     return PL.PlaneInputs(model, data, ["A", "B", "C"], pts, {"test": True})
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_tiny_mlps
 from lowloss.errors import LowlossError
 from lowloss.models import build_model
 from lowloss.permute import apply_permutation, matching_objective, permutation_spec, weight_matching
@@ -125,12 +126,8 @@ def test_unsupported_graphs_are_one_line_errors(module, shape, words):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    from lowloss.methods.train import Config, train
-
     root = tmp_path_factory.mktemp("align")
-    for s in (0, 1):
-        train(Config(model="mlp", model_options={"widths": "24,24"}, epochs=2, device="cpu", seed=s),
-              root / f"m{s}", quiet=True)
+    train_tiny_mlps(root, "24,24", epochs=2)
     return root
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowloss.data import Dataset, TensorSplit
+from conftest import tiny_plane_setup
 from lowloss.engine.evaluate import evaluate_vectors
 from lowloss.methods import plane as PL
 from lowloss.plots.figures import draw
@@ -63,21 +63,7 @@ def test_grid_axes_margins_and_row_major_order():
 
 def _tiny_setup(seed=0):
     """Float64 tiny BN network on a slice of digits; three nearby points."""
-    from lowloss.data import load_dataset
-
-    d = load_dataset("digits")
-    data = Dataset("digits-small", TensorSplit(d.train.x[:120].double(), d.train.y[:120]),
-                   TensorSplit(d.test.x[:40].double(), d.test.y[:40]), d.input_shape, 10)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12),
-                                torch.nn.ReLU(), torch.nn.Linear(12, 10)).double()
-    from lowloss.params import flatten
-
-    w = flatten(model)
-    g = torch.Generator().manual_seed(1)
-    pts = [w, w + 0.5 * torch.randn(w.numel(), generator=g, dtype=w.dtype),
-           w + 0.5 * torch.randn(w.numel(), generator=g, dtype=w.dtype)]
-    return model, data, pts
+    return tiny_plane_setup(seed)
 
 
 def test_plane_grid_corner_is_the_anchor_and_resume_matches(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import train_tiny_mlps
 from lowloss.data import Dataset
 from lowloss.methods.spro import (
     SproConfig,
@@ -167,14 +168,7 @@ def test_structure_file_round_trip_and_figure(tmp_path):
 # ------------------------------------------------------------------------------------------ run directories
 @pytest.fixture(scope="module")
 def tiny_modes(tmp_path_factory):
-    from lowloss.methods.train import Config as TrainConfig
-    from lowloss.methods.train import train as train_mode
-
-    root = tmp_path_factory.mktemp("modes")
-    for seed in (0, 1):
-        train_mode(TrainConfig(model="mlp", model_options={"widths": "16"}, epochs=1, device="cpu", seed=seed),
-                   root / f"m{seed}", quiet=True)
-    return [root / "m0", root / "m1"]
+    return train_tiny_mlps(tmp_path_factory.mktemp("modes"), "16", epochs=1)
 
 
 TINY = dict(epochs=1, samples=1, batch_size=256, device="cpu")
